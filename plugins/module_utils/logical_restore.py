@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
 
 from ansible_collections.pgsafe.backup.plugins.module_utils import manifest as mf
@@ -164,8 +165,16 @@ def _pg_restore(context, manifest, obj, dbname, info, jobs, no_owner, scratch_di
 
 
 def _run(argv, env, reader) -> None:
+    """Run pg_restore, feeding it the plaintext when a reader is given.
+
+    stderr is drained by a thread: a pg_restore that reports many errors must never
+    block on a full stderr pipe while we block writing its stdin.
+    """
     process = subprocess.Popen(argv, stdin=subprocess.PIPE if reader else subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    stderr_chunks: list[bytes] = []
+    drainer = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
+    drainer.start()
     if reader is not None:
         try:
             while True:
@@ -185,8 +194,10 @@ def _run(argv, env, reader) -> None:
                 process.stdin.close()
             except BrokenPipeError:
                 pass
-    stderr = process.stderr.read().decode("utf-8", "replace")
-    if process.wait() != 0:
+    returncode = process.wait()
+    drainer.join()
+    stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
+    if returncode != 0:
         raise PostgresError("pg_restore failed: %s" % stderr.strip()[-2000:], where=argv[0],
                             fix="read the message; missing roles can be restored with restore_globals or skipped "
                             "with no_owner; the target database was left unchanged")
