@@ -98,8 +98,8 @@ def setup_logging(settings: dict, command: str, debug: bool) -> str | None:
     if not log_dir:
         return None
     os.makedirs(log_dir, mode=0o750, exist_ok=True)
-    path = os.path.join(log_dir, "%s-%s-%d.log" % (command, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-                                                    os.getpid()))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = os.path.join(log_dir, "%s-%s-%d.log" % (command, stamp, os.getpid()))
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     os.close(handle)
     file_handler = logging.FileHandler(path)
@@ -109,15 +109,14 @@ def setup_logging(settings: dict, command: str, debug: bool) -> str | None:
 
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    else:
-        print(text if text is not None else json.dumps(result, indent=2, sort_keys=True, default=str))
+    if as_json or text is None:
+        text = json.dumps(result, indent=2, sort_keys=True, default=str)
+    sys.stdout.write(text + "\n")
 
 
 def format_listing(entries: list[dict]) -> str:
-    header = "%-28s %-10s %-11s %-20s %12s %9s  %s" % ("BACKUP ID", "TYPE", "STATUS", "FINISHED (UTC)",
-                                                      "STORED", "AGE", "VERIFIED / DATABASES")
+    columns = ("BACKUP ID", "TYPE", "STATUS", "FINISHED (UTC)", "STORED", "AGE", "VERIFIED / DATABASES")
+    header = "%-28s %-10s %-11s %-20s %12s %9s  %s" % columns
     lines = [header]
     for entry in entries:
         verification = entry.get("verification") or {}
@@ -144,8 +143,8 @@ def run(args) -> int:
 
     if args.command == "key":
         generate_key_file(args.path)
-        print("generated %s (mode 0600); keep a copy in your secret store: without it the backups cannot be "
-              "decrypted" % args.path)
+        sys.stdout.write("generated %s (mode 0600); keep a copy in your secret store: without it the backups "
+                         "cannot be decrypted\n" % args.path)
         return 0
     settings = load_config_file(args.config)
     log_path = setup_logging(settings, args.command, args.debug or bool(settings.get("debug")))
@@ -162,7 +161,7 @@ def dispatch(args, settings: dict) -> int:
 
         context = Context.from_settings(settings)
         result = run_logical_backup(context, args.databases, args.include_globals)
-        _print(result, args.json, "backup %s complete: %s stored (%s raw) in %.1f s, %s MB/s" % (
+        _print(result, args.json, "backup %s complete: %s stored (%s raw) in %s s, %s MB/s" % (
             result["backup_id"], human_bytes(result["size_stored_bytes"]), human_bytes(result["size_raw_bytes"]),
             result["duration_seconds"], result["throughput_mb_s"]))
         return 0
@@ -189,7 +188,7 @@ def dispatch(args, settings: dict) -> int:
         context = Context.from_settings(settings)
         result = run_logical_restore(context, args.backup_id, args.database, args.target_database, args.force,
                                      args.jobs, args.restore_globals, args.no_owner)
-        _print(result, args.json, "restored %s (%s) into %s in %.1f s; row counts %s" % (
+        _print(result, args.json, "restored %s (%s) into %s in %s s; row counts %s" % (
             result["backup_id"], result["database"], result["target_database"], result["duration_seconds"],
             "match the backup" if result["row_counts_match"] else "DIFFER"))
         return 0
@@ -218,12 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PgsafeError as exc:
         LOG.error("%s", exc.message)
-        print("pgsafe: error: %s" % exc.message, file=sys.stderr)
+        sys.stderr.write("pgsafe: error: %s\n" % exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pgsafe: interrupted; nothing incomplete was recorded as a backup", file=sys.stderr)
+        sys.stderr.write("pgsafe: interrupted; nothing incomplete was recorded as a backup\n")
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -533,11 +533,13 @@ def _edk_ids(encrypted_data_keys: Iterable[Any]) -> list[dict]:
 def _describe_ids(ids: list[dict]) -> str:
     if not ids:
         return "(none)"
-    return ", ".join(
-        ("aws-kms %s" % item["key_id"]) if item["type"] == "aws-kms" else ("raw-aes %s/%s" % (item["namespace"],
-                                                                                             item["key_id"]))
-        for item in ids
-    )
+    described = []
+    for item in ids:
+        if item["type"] == "aws-kms":
+            described.append("aws-kms %s" % item["key_id"])
+        else:
+            described.append("raw-aes %s/%s" % (item["namespace"], item["key_id"]))
+    return ", ".join(described)
 
 
 def read_header(source: IO[bytes], name: str | None = None) -> tuple[Any, bytes]:
@@ -596,7 +598,7 @@ class _ChunkedReader(io.RawIOBase):
         raise NotImplementedError
 
     def read(self, size: int = -1) -> bytes:
-        if self.closed:
+        if self.closed:  # pylint: disable=using-constant-test  # io.RawIOBase.closed is a property
             raise ValueError("I/O operation on closed reader")
         if size is None or size < 0:
             parts = [self._chunk[self._offset:]]

@@ -78,7 +78,7 @@ def _new_id(context) -> str:
     """A fresh id: never reuse one that has any object (two runs within one second)."""
     while True:
         backup_id = mf.new_backup_id("logical")
-        if not any(True for _ in context.repository.list(mf.backup_prefix(context.cluster, backup_id))):
+        if next(iter(context.repository.list(mf.backup_prefix(context.cluster, backup_id))), None) is None:
             return backup_id
         time.sleep(1.0)
 

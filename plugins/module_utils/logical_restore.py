@@ -34,8 +34,8 @@ def find_object(manifest: dict, kind: str, database: str | None = None) -> dict:
     for obj in manifest["objects"]:
         if obj.get("kind") == kind and (database is None or obj.get("database") == database):
             return obj
-    raise RestoreError("backup %s has no %s object%s" % (manifest["backup_id"], kind,
-                                                          (" for database %s" % database) if database else ""),
+    for_database = (" for database %s" % database) if database else ""
+    raise RestoreError("backup %s has no %s object%s" % (manifest["backup_id"], kind, for_database),
                        where="backup %s" % manifest["backup_id"],
                        fix="choose a database the backup contains: %s" % ", ".join(manifest.get("databases", [])))
 

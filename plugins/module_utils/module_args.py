@@ -48,10 +48,10 @@ REPOSITORY_OPTIONS.update(copy.deepcopy(AWS_CREDENTIAL_OPTIONS))
 ENCRYPTION_OPTIONS = {
     "mode": {"type": "str", "choices": ["envelope", "none"], "default": "envelope"},
     "key_files": {"type": "list", "elements": "dict", "options": {
-        "path": {"type": "path", "required": True},
+        "path": {"type": "path", "required": True, "no_log": False},
         "name": {"type": "str"},
-    }},
-    "kms_key_ids": {"type": "list", "elements": "str"},
+    }, "no_log": False},
+    "kms_key_ids": {"type": "list", "elements": "str", "no_log": False},
     "kms_endpoint_url": {"type": "str"},
     "kms_region": {"type": "str"},
     "frame_length": {"type": "int", "default": 1048576},

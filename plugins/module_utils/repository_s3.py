@@ -838,7 +838,8 @@ class _S3Writer(ObjectWriter):
         part_body, self.part_buffer = self.part_buffer, bytearray()
         part_number = self.next_part_number
         self.next_part_number += 1
-        assert self.executor is not None
+        if self.executor is None:
+            raise AssertionError("multipart upload has no executor")
         self.in_flight.add(self.executor.submit(self._upload_part, part_number, part_body))
 
     def _upload_part(self, part_number: int, part_body: bytearray) -> dict:

@@ -465,7 +465,7 @@ def _keep_wal_archives(records: list[BackupRecord], kept_ids: set[str],
     if not archives or not physical:
         return
     starts = [(_utc(record.started_at or record.finished_at), record.backup_id) for record in physical]
-    if any(moment is None for moment, _ in starts):
+    if any(moment is None for moment, _backup_id in starts):
         for archive in archives:
             keep(archive, "wal-for-retained-backups (a retained physical backup has no start time)")
         return

@@ -213,8 +213,8 @@ def summary(report: dict) -> str:
     if report["ok"]:
         return "OK: %d backup(s) of cluster %s verified at level %s in %.1f s" % (
             len(report["backups"]), report["cluster"], report["level"], report["duration_seconds"])
-    lines = ["FAILED: %d problem(s) in cluster %s at level %s" % (len(report["failures"]), report["cluster"],
-                                                                   report["level"])]
+    lines = ["FAILED: %d problem(s) in cluster %s at level %s"
+             % (len(report["failures"]), report["cluster"], report["level"])]
     for failure in report["failures"]:
         lines.append("  %s %s [%s]: %s" % (failure["backup_id"] or "-", failure["object"] or "-", failure["check"],
                                            failure["message"]))

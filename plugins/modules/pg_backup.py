@@ -63,7 +63,7 @@ notes:
   - Runs on the database host (or any host that reaches it) with the Python packages of requirements.txt; the
     pgsafe.backup.install role provides them in a virtualenv.
 author:
-  - pgsafe maintainers
+  - pgsafe maintainers (@pgsafe)
 """
 
 EXAMPLES = r"""

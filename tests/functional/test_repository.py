@@ -70,7 +70,7 @@ def repo(request, tmp_path):
 
 
 def _temp_files(root: str) -> list[str]:
-    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+    return [os.path.join(d, f) for d, _dirs, files in os.walk(root) for f in files if f.startswith(".tmp-")]
 
 
 def _assert_no_leftovers(repo, key: str) -> None:
@@ -261,7 +261,8 @@ def small_tmpfs(tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.strip())
@@ -275,7 +276,7 @@ def test_fs_full_volume(small_tmpfs):
     repo = FilesystemRepository.from_spec("small", {"path": str(small_tmpfs)})
     with pytest.raises(RepositoryError) as caught:
         with repo.open_writer("c1/backups/b1/big") as writer:
-            for _ in range(4):
+            for _part in range(4):
                 writer.write(_payload(MIB))
             writer.commit()
     message = str(caught.value)
@@ -295,7 +296,8 @@ def test_fs_read_only_volume(tmp_path):
     mount_point = tmp_path / "ro"
     mount_point.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)], capture_output=True, text=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.strip())
@@ -324,6 +326,7 @@ def test_s3_without_boto3_names_the_package():
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "'boto3' is not installed" in result.stdout

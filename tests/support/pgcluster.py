@@ -79,7 +79,7 @@ class Cluster:
             subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir,
                             "-m", mode, "-w", "stop"] if os.geteuid() == 0 else
                            [os.path.join(PG_BIN, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop"],
-                           capture_output=True, check=False)
+                           capture_output=True, check=False)  # a cluster that is already down is fine
             self.running = False
 
     def destroy(self) -> None:
@@ -100,7 +100,7 @@ class Cluster:
     def psql(self, sql: str, dbname: str = "postgres", check: bool = True) -> str:
         """Run SQL, return unaligned tuples-only output stripped."""
         result = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                                 "-d", dbname, "-c", sql], env=self.env(), capture_output=True, text=True)
+                                 "-d", dbname, "-c", sql], env=self.env(), capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
             raise RuntimeError("psql failed: %s" % result.stderr)
         return result.stdout.strip()
@@ -109,7 +109,7 @@ class Cluster:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if subprocess.run([os.path.join(PG_BIN, "pg_isready"), "-h", self.host, "-p", str(self.port)],
-                              capture_output=True).returncode == 0:
+                              capture_output=True, check=False).returncode == 0:
                 return
             time.sleep(0.1)
         raise RuntimeError("cluster on port %d not ready" % self.port)

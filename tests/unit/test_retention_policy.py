@@ -62,7 +62,7 @@ def long_catalog(seed: int, days: int = 430) -> list[BackupRecord]:
         if day > 2 and rng.random() < 0.1:
             continue  # a missed night
         runs = 2 if rng.random() < 0.15 else 1
-        for _ in range(runs):
+        for _run in range(runs):
             moment = (NOW - day * DAY).replace(hour=0, minute=0, second=0) + datetime.timedelta(
                 seconds=rng.randrange(0, 86400))
             moments.append((moment, True))
