@@ -217,4 +217,14 @@ options:
       pushgateway_url:
         description: Pushgateway URL.
         type: str
+      job:
+        description: Pushgateway job label; defaults to the prefix.
+        type: str
+      instance:
+        description: Pushgateway instance label; defaults to the host name.
+        type: str
+      timeout:
+        description: Seconds to wait for the Pushgateway. A failed push warns and never fails the operation.
+        type: float
+        default: 10.0
 """

@@ -68,6 +68,9 @@ METRICS_OPTIONS = {
     "prefix": {"type": "str", "default": "pgsafe"},
     "textfile_dir": {"type": "path"},
     "pushgateway_url": {"type": "str"},
+    "job": {"type": "str"},
+    "instance": {"type": "str"},
+    "timeout": {"type": "float", "default": 10.0},
 }
 
 
