@@ -75,7 +75,8 @@ def plan_logical_restore(context, backup_id="latest", database=None, target_data
 
 
 def run_logical_restore(context, backup_id="latest", database=None, target_database=None, force=False, jobs=1,
-                        restore_globals=False, no_owner=False, scratch_dir=None, verify_row_counts=True) -> dict:
+                        restore_globals=False, no_owner=False, scratch_dir=None, verify_row_counts=True,
+                        metrics_is_test=False) -> dict:
     started = time.monotonic()
     plan = plan_logical_restore(context, backup_id, database, target_database, force)
     manifest, database, target = plan.pop("manifest"), plan["database"], plan["target_database"]
@@ -107,12 +108,14 @@ def run_logical_restore(context, backup_id="latest", database=None, target_datab
                 raise
     except PgsafeError:
         if context.metrics is not None:
-            context.metrics.record_restore(context.cluster, "logical", False, time.monotonic() - started)
+            context.metrics.record_restore(context.cluster, "logical", False, time.monotonic() - started,
+                                           is_test=metrics_is_test)
         raise
     plan["duration_seconds"] = round(time.monotonic() - started, 3)
     plan["row_counts_match"] = not plan["row_count_mismatches"]
     if context.metrics is not None:
-        context.metrics.record_restore(context.cluster, "logical", True, plan["duration_seconds"])
+        context.metrics.record_restore(context.cluster, "logical", True, plan["duration_seconds"],
+                                       is_test=metrics_is_test)
     LOG.info("completed restore of %s (%s) into %s in %.1f s", manifest["backup_id"], database, target,
              plan["duration_seconds"])
     return plan
