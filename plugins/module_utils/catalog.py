@@ -20,6 +20,9 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import NotFou
 from ansible_collections.pgsafe.backup.plugins.module_utils.repository import join_key
 
 
+PHYSICAL_TYPES = ("full", "incremental")
+
+
 def verify_record_key(cluster: str, backup_id: str) -> str:
     return join_key(cluster, "verify", backup_id + ".json")
 
@@ -44,6 +47,12 @@ def list_clusters(repository) -> list[str]:
 def list_backups(repository, cluster: str, backup_type: str | None = None, max_age_days: float | None = None,
                  now: datetime.datetime | None = None, with_manifests: bool = False) -> list[dict]:
     """Every backup of ``cluster``, oldest first by end time (start time for incomplete ones)."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.config import check_backup_type, check_number
+
+    check_backup_type(backup_type, "type", allowed=mf.BACKUP_TYPES + ("physical",))
+    wanted = PHYSICAL_TYPES if backup_type == "physical" else (backup_type,) if backup_type else None
+    if max_age_days is not None:
+        check_number(max_age_days, "max_age_days", 0.0001, integer=False, fix="use a positive number of days")
     now = now or mf.utcnow()
     prefix = mf.backups_prefix(cluster)
     by_id: dict[str, dict] = {}
@@ -66,7 +75,7 @@ def list_backups(repository, cluster: str, backup_type: str | None = None, max_a
             id_time, id_type = mf.parse_backup_id(backup_id)
         except PgsafeError:
             continue  # not ours: leave foreign directories alone
-        if backup_type and id_type != backup_type:
+        if wanted and id_type not in wanted:
             continue
         entry = {"backup_id": backup_id, "type": id_type, "cluster": cluster, "status": "incomplete",
                  "databases": [], "started_at": mf.isoformat(id_time), "finished_at": None,
@@ -86,6 +95,7 @@ def list_backups(repository, cluster: str, backup_type: str | None = None, max_a
                               "size_stored_bytes": manifest.get("size_stored_bytes"),
                               "parent_backup_id": manifest.get("parent_backup_id"),
                               "duration_seconds": manifest.get("duration_seconds")})
+                entry.update(_physical_facts(manifest))
                 if with_manifests:
                     entry["manifest"] = manifest
         if backup_id in verified:
@@ -99,6 +109,24 @@ def list_backups(repository, cluster: str, backup_type: str | None = None, max_a
         result.append(entry)
     result.sort(key=lambda item: (item["finished_at"] or item["started_at"], item["backup_id"]))
     return result
+
+
+def _physical_facts(manifest: dict) -> dict:
+    """Chain membership and WAL range of a physical backup (or transaction_logs record), from its manifest."""
+    facts = {}
+    physical = manifest.get("physical") or {}
+    if manifest.get("type") in PHYSICAL_TYPES:
+        chain = list(physical.get("chain") or [manifest["backup_id"]])
+        facts.update({"chain": chain, "chain_depth": int(physical.get("chain_depth", len(chain) - 1)),
+                      "full_backup_id": chain[0], "files_total": physical.get("files_total"),
+                      "files_stored": physical.get("files_stored")})
+    wal = manifest.get("wal") or {}
+    if wal:
+        wanted = ("start_segment", "stop_segment", "start_lsn", "stop_lsn", "timeline", "stop_time")
+        facts["wal"] = {key: wal[key] for key in wanted if wal.get(key) is not None}
+    if (manifest.get("rpo") or {}).get("achieved_seconds") is not None:
+        facts["rpo_seconds"] = manifest["rpo"]["achieved_seconds"]
+    return facts
 
 
 def group_name(backup_type: str, databases: list[str]) -> str:

@@ -21,6 +21,16 @@ except ImportError:  # pragma: no cover - exercised by ansible-test's import san
 ALGORITHMS = ("zstd", "none")
 
 
+def _whole(value, option: str, fix: str) -> int:
+    try:
+        number = int(value)
+        if isinstance(value, bool) or number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError("%s %r is not a whole number" % (option, value), where=option, fix=fix) from None
+    return number
+
+
 class Compression:
     """How stored objects are compressed; built from ``{"algorithm", "level", "threads"}``."""
 
@@ -28,10 +38,12 @@ class Compression:
         if algorithm not in ALGORITHMS:
             raise ConfigError("unknown compression algorithm %r" % algorithm, where="compression.algorithm",
                               fix="use one of: %s" % ", ".join(ALGORITHMS))
-        if algorithm == "zstd" and not 1 <= int(level) <= 22:
-            raise ConfigError("zstd level %r is out of range" % level, where="compression.level",
+        level = _whole(level, "compression.level", "use a level from 1 (fastest) to 22 (smallest); 3 is the default")
+        threads = _whole(threads, "compression.threads", "use 0 (compress in the calling thread) or a positive number")
+        if algorithm == "zstd" and not 1 <= level <= 22:
+            raise ConfigError("compression.level %r is out of range" % level, where="compression.level",
                               fix="use a level from 1 (fastest) to 22 (smallest); 3 is the default")
-        if int(threads) < 0:
+        if threads < 0:
             raise ConfigError("compression threads %r is negative" % threads, where="compression.threads",
                               fix="use 0 (compress in the calling thread) or a positive number of threads")
         self.algorithm = algorithm
@@ -41,7 +53,8 @@ class Compression:
     @classmethod
     def from_spec(cls, spec: dict | None) -> "Compression":
         spec = dict(spec or {})
-        return cls(spec.get("algorithm") or "zstd", spec.get("level") or 3,
+        # Only an unset level means the default: 0 is out of range, not "default".
+        return cls(spec.get("algorithm") or "zstd", spec.get("level") if spec.get("level") is not None else 3,
                    spec.get("threads") if spec.get("threads") is not None else 2)
 
     @property

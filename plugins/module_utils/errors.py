@@ -98,6 +98,13 @@ class RestoreError(PgsafeError):
     category = "restore"
 
 
+class WalConflictError(PgsafeError):
+    """A different file already sits in the WAL archive under the same name; it is never replaced."""
+
+    exit_code = 11
+    category = "wal_conflict"
+
+
 class DependencyError(PgsafeError):
     """A Python package or program the engine needs is missing on this host."""
 

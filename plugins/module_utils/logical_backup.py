@@ -74,19 +74,10 @@ def run_logical_backup(context, databases=None, include_globals: bool = True, ro
     return result
 
 
-def _new_id(context) -> str:
-    """A fresh id: never reuse one that has any object (two runs within one second)."""
-    while True:
-        backup_id = mf.new_backup_id("logical")
-        if next(iter(context.repository.list(mf.backup_prefix(context.cluster, backup_id))), None) is None:
-            return backup_id
-        time.sleep(1.0)
-
-
 def _backup(context, databases, include_globals, role_passwords, labels, extra_dump_args) -> dict:
     info = server_info(context.postgres)
     names = resolve_databases(context, databases)
-    backup_id = _new_id(context)
+    backup_id = mf.new_backup_id(context, "logical")
     started_at = mf.utcnow()
     manifest = mf.new_manifest(backup_id, "logical", context.cluster, started_at)
     manifest.update({

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -77,13 +78,20 @@ def plan_logical_restore(context, backup_id="latest", database=None, target_data
 def run_logical_restore(context, backup_id="latest", database=None, target_database=None, force=False, jobs=1,
                         restore_globals=False, no_owner=False, scratch_dir=None, verify_row_counts=True,
                         metrics_is_test=False) -> dict:
+    from ansible_collections.pgsafe.backup.plugins.module_utils.config import check_number
+
+    check_number(jobs, "jobs", 1, 64, fix="use 1 (stream, the default) up to 64 parallel pg_restore jobs")
     started = time.monotonic()
     plan = plan_logical_restore(context, backup_id, database, target_database, force)
     manifest, database, target = plan.pop("manifest"), plan["database"], plan["target_database"]
-    staging = "%s_pgsafe_%s" % (target[:40], time.strftime("%Y%m%d%H%M%S"))
+    staging_prefix = "%s_pgsafe_" % target[:40]
+    staging = staging_prefix + time.strftime("%Y%m%d%H%M%S")
     try:
-        with RunLock(context.state_dir, context.cluster, "restore-%s" % mf.safe_name(target)):
+        # Locked per staging prefix: a staging database with this prefix found now belongs to a
+        # restore that was killed, never to one that is running.
+        with RunLock(context.state_dir, context.cluster, "restore-%s" % mf.safe_name(target[:40])):
             info = server_info(context.postgres)
+            plan["stale_staging_dropped"] = _drop_stale_staging(context, staging_prefix)
             if restore_globals:
                 plan["globals_errors"] = _restore_globals(context, manifest, info)
             create_database(context.postgres, staging)
@@ -127,6 +135,18 @@ def compare_counts(expected: dict, restored: dict) -> list[dict]:
         if expected.get(table) != restored.get(table):
             mismatches.append({"table": table, "expected": expected.get(table), "restored": restored.get(table)})
     return mismatches
+
+
+def _drop_stale_staging(context, prefix: str) -> list[str]:
+    """Drop staging copies left by killed restores of this target; they never replaced anything."""
+    with context.postgres.connect() as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT datname FROM pg_database WHERE left(datname, %s) = %s", (len(prefix), prefix))]
+    stale = sorted(name for name in names if re.match(r"^%s\d{14}$" % re.escape(prefix), name))
+    for name in stale:
+        LOG.warning("dropping %s, the staging database of an earlier restore that did not finish", name)
+        drop_database(context.postgres, name)
+    return stale
 
 
 def _rename_database(context, old: str, new: str) -> None:

@@ -16,6 +16,7 @@ import datetime
 import json
 import re
 import socket
+import time
 import urllib.parse
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, VerificationError
@@ -43,13 +44,23 @@ def parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
 
 
-def new_backup_id(backup_type: str, moment: datetime.datetime | None = None) -> str:
+def format_backup_id(backup_type: str, moment: datetime.datetime | None = None) -> str:
     """Sortable id: UTC timestamp to the second, then the type (``20261122T050102Z-logical``)."""
     if backup_type not in BACKUP_TYPES:
         raise ConfigError("unknown backup type %r" % backup_type, where="type",
                           fix="use one of: %s" % ", ".join(BACKUP_TYPES))
     moment = moment or utcnow()
     return moment.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + backup_type
+
+
+def new_backup_id(context, backup_type: str) -> str:
+    """A fresh id for a new backup of ``context.cluster``: never one that already has any
+    object in the repository (two runs of the same type within one second wait a second)."""
+    while True:
+        backup_id = format_backup_id(backup_type)
+        if next(iter(context.repository.list(backup_prefix(context.cluster, backup_id))), None) is None:
+            return backup_id
+        time.sleep(1.0)
 
 
 def parse_backup_id(backup_id: str) -> tuple[datetime.datetime, str]:

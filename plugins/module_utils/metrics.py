@@ -545,8 +545,8 @@ def _check_pushgateway_url(url: str) -> str:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ConfigError("pushgateway_url %r is not an http(s) URL" % url, where="metrics.pushgateway_url",
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or any(c.isspace() for c in url):
+        raise ConfigError("metrics.pushgateway_url %r is not an http(s) URL" % url, where="metrics.pushgateway_url",
                           fix="use e.g. http://pushgateway.example.com:9091")
     return url
 

@@ -106,15 +106,23 @@ def _clean(section: dict | None) -> dict | None:
     return {key: value for key, value in section.items() if value is not None}
 
 
+def _repository(spec: dict | None) -> dict | None:
+    """A repository's settings: unset suboptions dropped, S3-only ones dropped for a filesystem."""
+    repository = _clean(spec)
+    if repository and repository.get("type") == "filesystem":
+        for key in [key for key in repository if key not in ("name", "type", "path", "create")]:
+            repository.pop(key)
+    return repository
+
+
 def settings_from_params(params: dict) -> dict:
     """Module parameters -> the engine's settings dict (the same shape as the CLI's YAML)."""
     settings = {"cluster": params.get("cluster") or "main", "state_dir": params.get("state_dir") or "/var/lib/pgsafe"}
-    repository = _clean(params.get("repository"))
+    repository = _repository(params.get("repository"))
     if repository:
-        if repository.get("type") == "filesystem":
-            for key in [key for key in repository if key not in ("name", "type", "path", "create")]:
-                repository.pop(key)
         settings["repository"] = repository
+    if params.get("copies"):
+        settings["copies"] = [_repository(copy) for copy in params["copies"]]
     encryption = _clean(params.get("encryption"))
     if encryption is not None:
         if encryption.get("key_files"):

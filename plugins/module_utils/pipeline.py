@@ -210,7 +210,8 @@ class ObjectReader:
         self.expected_size = expected_size
         self.raw = HashingReader(repository.open_reader(key))
         self.plain = Compression.decompressing_reader(
-            envelope.decrypting_reader(self.raw, expected_context), compression_algorithm)
+            envelope.decrypting_reader(self.raw, expected_context,
+                                       name="%s: %s" % (repository.describe(), key)), compression_algorithm)
         self.plain_count = 0
 
     def read(self, size: int = -1) -> bytes:

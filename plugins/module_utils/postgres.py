@@ -240,5 +240,7 @@ class ExportedSnapshot:
     def close(self) -> None:
         try:
             self.conn.rollback()
+        except psycopg.Error:
+            pass  # the server went away mid-dump: nothing is left to roll back, and pg_dump's error says why
         finally:
             self.conn.close()

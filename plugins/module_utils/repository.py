@@ -34,6 +34,9 @@ class ObjectInfo:
     modified: float  # POSIX seconds, UTC
     sha256: str | None = None  # hex, when the store recorded it (S3 metadata or sidecar)
     locked_until: float | None = None  # S3 Object Lock retain-until, POSIX seconds
+    # Changes whenever the stored bytes are replaced (S3 ETag and version id; inode and
+    # nanosecond mtime on a file system), even within the same second. None: unknown.
+    change_token: str | None = None
 
 
 class ObjectWriter(abc.ABC):

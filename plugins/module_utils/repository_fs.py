@@ -225,7 +225,8 @@ class FilesystemRepository(Repository):
             raise self._os_error(exc, "stat %s" % key, path) from exc
         if not stat_module.S_ISREG(file_stat.st_mode):
             return None
-        return ObjectInfo(key=join_key(key), size=file_stat.st_size, modified=file_stat.st_mtime)
+        return ObjectInfo(key=join_key(key), size=file_stat.st_size, modified=file_stat.st_mtime,
+                          change_token="%d:%d" % (file_stat.st_ino, file_stat.st_mtime_ns))
 
     def _walk(self, start_dir: str | None = None) -> Iterator[tuple[str, str, os.stat_result]]:
         """(key, path, stat) of every regular file under ``start_dir``, temp files included."""

@@ -379,8 +379,9 @@ class S3Repository(Repository):
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
             # 'standard' retries throttling, 5xx and connection errors with jittered
-            # exponential backoff, and only within a retry quota.
-            "retries": {"mode": "standard", "max_attempts": self.max_attempts},
+            # exponential backoff, and only within a retry quota. total_max_attempts counts
+            # the first try too (botocore's "max_attempts" would add one more).
+            "retries": {"mode": "standard", "total_max_attempts": self.max_attempts},
             "max_pool_connections": max(10, self.max_concurrency + 2),
             "s3": {"addressing_style": "path" if self.path_style else "auto"},
         }
@@ -420,15 +421,18 @@ class S3Repository(Repository):
 
         if not HAS_BOTO3:
             return RepositoryError("%s failed: %s" % (doing, exc), where=where)
-        if isinstance(
-            exc,
-            (
-                botocore.exceptions.EndpointConnectionError,
-                botocore.exceptions.ConnectTimeoutError,
-                botocore.exceptions.ReadTimeoutError,
-                botocore.exceptions.ConnectionClosedError,
-            ),
-        ):
+        if isinstance(exc, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)):
+            # Connected, then silence or a cut mid-request: a stalled link or an overloaded store,
+            # not a wrong address. Each attempt waited read_timeout at most.
+            return RepositoryError(
+                "the S3 repository %s stopped answering while trying to %s (%s after %d attempts, each "
+                "waiting at most repository.read_timeout = %g s)"
+                % (self.describe(), doing, type(exc).__name__, self.max_attempts, self.read_timeout),
+                where=where,
+                fix="check the network path to %s and the S3 service's health, then re-run; raise "
+                "repository.read_timeout only for a slow link" % endpoint,
+            )
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
             return RepositoryError(
                 "could not reach the S3 repository %s to %s after %d attempts: %s"
                 % (self.describe(), doing, self.max_attempts, type(exc).__name__),
@@ -623,6 +627,7 @@ class S3Repository(Repository):
             # head_object, not get_object_retention: moto answers the latter with 500,
             # and HEAD needs only s3:GetObject.
             locked_until=_to_posix(head.get("ObjectLockRetainUntilDate")),
+            change_token="%s:%s" % (head.get("ETag", ""), head.get("VersionId", "")),
         )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

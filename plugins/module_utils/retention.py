@@ -60,6 +60,9 @@ def plan_prune(context, policy_spec: dict, now=None) -> tuple:
 
 def prune(context, policy_spec: dict, backup_type: str | None = None, check_mode: bool = False, now=None) -> dict:
     """Plan, and unless check_mode, delete what the plan expires."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.config import check_backup_type
+
+    check_backup_type(backup_type, "type")
     with RunLock(context.state_dir, context.cluster, "prune"):
         retention_plan, policy = plan_prune(context, policy_spec, now)
         expired = [decision for decision in retention_plan.deleted

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 
 import boto3
 import pytest
@@ -19,10 +17,8 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.encryption import (
     wrapping_key_ids,
 )
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import EncryptionError
+from tests.support.esdk_cli import EncryptionCliUnavailable, ensure_encryption_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLI_VENV = os.path.join(ROOT, ".build", "esdk-cli-venv")
-CLI = os.path.join(CLI_VENV, "bin", "aws-encryption-cli")
 CONTEXT = {"cluster": "main", "backup_id": "20261122T051500Z"}
 
 
@@ -169,20 +165,11 @@ def test_data_key_cache_reuses_context(moto_endpoint, kms_key_arn):
 
 @pytest.fixture(scope="session")
 def encryption_cli():
-    """aws-encryption-cli 4.3.0 in its own virtualenv (it pins aws-encryption-sdk 3.x)."""
-    if not os.path.exists(CLI):
-        python = shutil.which("python3.11") or sys.executable
-        if os.path.exists(CLI_VENV):
-            shutil.rmtree(CLI_VENV)
-        subprocess.run([python, "-m", "venv", CLI_VENV], check=True)
-        result = subprocess.run([os.path.join(CLI_VENV, "bin", "pip"), "install", "-q", "aws-encryption-sdk-cli==4.3.0"],
-                                capture_output=True, text=True, timeout=600, check=False)
-        if result.returncode != 0:
-            if "Could not find a version" in result.stderr or "connection" in result.stderr.lower():
-                pytest.skip("pip cannot reach PyPI to install aws-encryption-sdk-cli==4.3.0: %s"
-                            % result.stderr.strip()[-300:])
-            raise AssertionError("installing aws-encryption-sdk-cli failed: %s" % result.stderr)
-    return CLI
+    """aws-encryption-cli 4.3.0 in its own virtualenv (it pins aws-encryption-sdk 3.x), built once."""
+    try:
+        return ensure_encryption_cli()
+    except EncryptionCliUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_aws_encryption_cli_decrypts_our_objects(moto_endpoint, kms_key_arn, escrow, tmp_path, encryption_cli):
