@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 
 from ansible_collections.pgsafe.backup.plugins.module_utils import manifest as mf
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import NotFoundError, PgsafeError
@@ -38,6 +39,29 @@ def _read_json(repository, key: str) -> dict | None:
         return None
     except ValueError:
         return {"damaged": True}
+
+
+def set_hold(repository, cluster: str, backup_id: str, reason: str, who: str | None = None) -> dict:
+    """Put a backup on hold: retention never deletes it until the hold is released."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError
+
+    if not (reason or "").strip():
+        raise ConfigError("a hold needs a reason", where="reason",
+                          fix="say why the backup must be kept (a ticket, an audit, a legal hold)")
+    mf.read_manifest(repository, cluster, backup_id)  # only existing, complete backups are held
+    record = {"backup_id": backup_id, "reason": reason.strip(), "at": mf.isoformat(mf.utcnow()),
+              "by": who or os.environ.get("USER") or "unknown"}
+    repository.put_bytes(hold_key(cluster, backup_id), (json.dumps(record, sort_keys=True) + "\n").encode())
+    return record
+
+
+def release_hold(repository, cluster: str, backup_id: str) -> bool:
+    """Release a hold; False when there was none."""
+    key = hold_key(cluster, backup_id)
+    if repository.stat(key) is None:
+        return False
+    repository.delete(key)
+    return True
 
 
 def list_clusters(repository) -> list[str]:

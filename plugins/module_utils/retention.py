@@ -70,8 +70,12 @@ def prune(context, policy_spec: dict, backup_type: str | None = None, check_mode
         result = {"changed": bool(expired), "cluster": context.cluster,
                   "repository": context.repository.describe(), "plan": retention_plan.to_dict(),
                   "diff": retention_plan.as_diff(), "deleted": [], "refused": [], "summary": retention_plan.summary()}
+        wal_expired = _expired_wal(context, retention_plan, backup_type)
+        result["wal_keep_from"] = retention_plan.wal_keep_from
         if check_mode:
             result["would_delete"] = [decision.backup_id for decision in expired]
+            result["wal_would_delete"] = len(wal_expired)
+            result["changed"] = bool(expired or wal_expired)
             return result
         for decision in expired:
             try:
@@ -80,15 +84,33 @@ def prune(context, policy_spec: dict, backup_type: str | None = None, check_mode
             except RepositoryError as exc:
                 # Object Lock (or a permission) refused: report, keep going, never half-count.
                 result["refused"].append({"backup_id": decision.backup_id, "message": exc.message})
+        # WAL last: only once the backups that needed it are gone, and never while any
+        # retained physical backup's start segment is unknown (wal_keep_from is then None).
+        result["wal_deleted"] = 0
+        for key in wal_expired:
+            try:
+                context.repository.delete(key)
+                result["wal_deleted"] += key.endswith(".json")
+            except RepositoryError as exc:
+                result["refused"].append({"wal": key, "message": exc.message})
         try:
             result["abandoned_uploads_removed"] = context.repository.remove_abandoned_uploads(
                 policy.incomplete_grace.total_seconds())
         except PgsafeError as exc:
             result["abandoned_uploads_error"] = exc.message
-        result["changed"] = bool(result["deleted"] or result.get("abandoned_uploads_removed"))
+        result["changed"] = bool(result["deleted"] or result["wal_deleted"] or result.get("abandoned_uploads_removed"))
         LOG.info("prune of cluster %s: deleted %d, kept %d", context.cluster, len(result["deleted"]),
                  len(retention_plan.kept))
         return result
+
+
+def _expired_wal(context, retention_plan, backup_type: str | None) -> list[str]:
+    """Archived WAL keys older than every retained physical backup needs (none when unknown)."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.wal_archive import expired_wal_keys
+
+    if retention_plan.wal_keep_from is None or backup_type not in (None, "full", "incremental"):
+        return []
+    return expired_wal_keys(context.repository, context.cluster, retention_plan.wal_keep_from)
 
 
 def delete_backup(repository, cluster: str, backup_id: str) -> None:

@@ -146,6 +146,28 @@ def archived_names(repository, cluster: str, timeline: str) -> set[str]:
     return {info.key[len(prefix):-5] for info in repository.list(prefix) if info.key.endswith(".json")}
 
 
+def expired_wal_keys(repository, cluster: str, keep_from: str) -> list[str]:
+    """Keys of archived WAL that no retained physical backup needs: segments (and their
+    ``.partial``/``.backup`` companions) whose 24-digit name sorts before ``keep_from``.
+
+    Timeline ``.history`` files are never expired: they are tiny, and recovery to any later
+    timeline reads them. For each file the record comes first in the list, so a deletion
+    interrupted halfway leaves data without a record (not archived, re-archivable), never
+    a record whose data is gone."""
+    keep_from = keep_from.upper()
+    if not SEGMENT_RE.match(keep_from):
+        raise VerificationError("%r is not a WAL segment name" % keep_from, where="retention",
+                                fix="this is a bug in the retention plan; no WAL was deleted")
+    records, data = [], []
+    for info in repository.list(wal_prefix(cluster)):
+        name = info.key.rsplit("/", 1)[-1]
+        segment = name[:24]
+        if not SEGMENT_RE.match(segment) or segment >= keep_from:
+            continue  # .history files (8 digits) never match; newer segments stay
+        (records if name.endswith(".json") else data).append(info.key)
+    return records + data
+
+
 def archive_summary(repository, cluster: str, segment_size: int | None = None) -> dict:
     """Per timeline: first and last archived segment, how many, how many are missing between
     them, and when the last one was archived. One LIST of the WAL prefix, one read per timeline."""
