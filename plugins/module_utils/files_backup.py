@@ -50,7 +50,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import (
     ConfigError, EncryptionError, PgsafeError, RestoreError, VerificationError)
 from ansible_collections.pgsafe.backup.plugins.module_utils.locking import RunLock
 from ansible_collections.pgsafe.backup.plugins.module_utils.physical_backup import (
-    GeneratorReader, read_file_list, tar_header, tar_padding)
+    GeneratorReader, discard_partial, read_file_list, tar_header, tar_padding, write_tar_manifest)
 from ansible_collections.pgsafe.backup.plugins.module_utils.pipeline import CHUNK_SIZE, store_stream
 
 LOG = logging.getLogger("pgsafe")
@@ -374,15 +374,9 @@ def _backup(context, found: dict, labels: dict) -> dict:
                       "listing": "the file manifest (paths, sizes, modes, owners, SHA-256) is the encrypted "
                                  "object of kind filelist"},
         })
-        data_entry = stored.to_manifest()
-        data_entry.update({"kind": "files", "format": "tar"})
-        list_entry = stored_list.to_manifest()
-        list_entry.update({"kind": "filelist", "format": "json"})
-        manifest["objects"] = [data_entry, list_entry]
-        mf.finalize(manifest, mf.utcnow())
-        mf.write_manifest(context.repository, manifest)
+        write_tar_manifest(context, manifest, stored, stored_list, "files")
     except BaseException:
-        _discard_partial(context, backup_id)
+        discard_partial(context, backup_id)
         raise
     warnings = list(found["warnings"]) + ["%s changed while it was read: the stored copy may be inconsistent; "
                                           "back it up again" % path for path in tar.changed_during_backup]
@@ -396,13 +390,6 @@ def _backup(context, found: dict, labels: dict) -> dict:
             "duration_seconds": manifest["duration_seconds"], "size_raw_bytes": manifest["size_raw_bytes"],
             "size_stored_bytes": manifest["size_stored_bytes"], "skipped": found["skipped"],
             "changed_during_backup": list(tar.changed_during_backup), "warnings": warnings}
-
-
-def _discard_partial(context, backup_id: str) -> None:
-    try:
-        context.repository.delete_prefix(mf.backup_prefix(context.cluster, backup_id))
-    except Exception:  # pylint: disable=broad-except
-        LOG.warning("could not remove the partial backup %s; prune removes it after the grace period", backup_id)
 
 
 def _record_backup_metrics(context, ok: bool, seconds: float, size: int, exc=None) -> None:

@@ -73,6 +73,18 @@ METRICS_OPTIONS = {
     "timeout": {"type": "float", "default": 10.0},
 }
 
+# A retention policy: retention_prune's ``policy``, backup_audit's ``retention`` (doc fragment retention_policy).
+RETENTION_POLICY_OPTIONS = {
+    "keep_last": {"type": "int"},
+    "keep_daily": {"type": "int"},
+    "keep_weekly": {"type": "int"},
+    "keep_monthly": {"type": "int"},
+    "keep_yearly": {"type": "int"},
+    "min_keep": {"type": "int", "default": 1},
+    "max_age": {"type": "str"},
+    "incomplete_grace": {"type": "str", "default": "24h"},
+}
+
 
 def common_argument_spec() -> dict:
     """Options every module accepts, so ``module_defaults: group/pgsafe.backup.pgsafe`` works."""
@@ -97,6 +109,23 @@ def postgres_argument_spec() -> dict:
         "ssl_mode": {"type": "str", "choices": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]},
         "pg_bin_dir": {"type": "path"},
     }
+
+
+def copies_argument_spec() -> dict:
+    """Further repositories in the shape of ``repository`` (doc fragment pgsafe.backup.copies)."""
+    return {"copies": {"type": "list", "elements": "dict", "default": [], "options": copy.deepcopy(REPOSITORY_OPTIONS)}}
+
+
+def module_argument_spec(with_postgres: bool = False, with_copies: bool = False, **options) -> dict:
+    """A module's whole argument spec: the common options, the connection options and ``copies`` for the
+    modules that take them (each documented by the doc fragment of the same name), then its own ``options``."""
+    argument_spec = common_argument_spec()
+    if with_postgres:
+        argument_spec.update(postgres_argument_spec())
+    if with_copies:
+        argument_spec.update(copies_argument_spec())
+    argument_spec.update(options)
+    return argument_spec
 
 
 def _clean(section: dict | None) -> dict | None:

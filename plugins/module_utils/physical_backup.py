@@ -638,15 +638,9 @@ def _base_backup(context, requested_type, pgdata, max_chain_depth, delta_checksu
                              "backup_label": stop_info["labelfile"],
                              "tablespace_map": stop_info.get("spcmapfile") or ""},
             })
-            data_entry = stored.to_manifest()
-            data_entry.update({"kind": "pgdata", "format": "tar"})
-            list_entry = stored_list.to_manifest()
-            list_entry.update({"kind": "filelist", "format": "json"})
-            manifest["objects"] = [data_entry, list_entry]
-            mf.finalize(manifest, mf.utcnow())
-            mf.write_manifest(context.repository, manifest)
+            write_tar_manifest(context, manifest, stored, stored_list, "pgdata")
         except BaseException:
-            _discard_partial(context, backup_id)
+            discard_partial(context, backup_id)
             raise
     finally:
         conn.close()  # ends the session: PostgreSQL aborts a backup we did not stop
@@ -664,7 +658,19 @@ def _base_backup(context, requested_type, pgdata, max_chain_depth, delta_checksu
     }
 
 
-def _discard_partial(context, backup_id: str) -> None:
+def write_tar_manifest(context, manifest: dict, stored, stored_list, kind: str) -> None:
+    """Record a tar backup's two objects (the tar, of ``kind``, and its encrypted file list), seal the manifest
+    and write it. Written last, the manifest is what makes the backup count (files backups share the layout)."""
+    data_entry = stored.to_manifest()
+    data_entry.update({"kind": kind, "format": "tar"})
+    list_entry = stored_list.to_manifest()
+    list_entry.update({"kind": "filelist", "format": "json"})
+    manifest["objects"] = [data_entry, list_entry]
+    mf.finalize(manifest, mf.utcnow())
+    mf.write_manifest(context.repository, manifest)
+
+
+def discard_partial(context, backup_id: str) -> None:
     try:
         context.repository.delete_prefix(mf.backup_prefix(context.cluster, backup_id))
     except Exception:  # pylint: disable=broad-except

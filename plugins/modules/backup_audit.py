@@ -162,20 +162,7 @@ extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.postgres
   - pgsafe.backup.copies
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Read-only, so it runs the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: N/A
-    details: Changes nothing.
-  idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
-    support: full
-    details: Read-only; always reports unchanged.
+  - pgsafe.backup.attributes.read_only
 notes:
   - The encryption and compression options are accepted, so that C(module_defaults) for the group
     C(group/pgsafe.backup.pgsafe) apply unchanged; only O(encryption.kms_key_ids) is read (for the IAM check).
@@ -296,18 +283,8 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.audit import audit
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    AWS_CREDENTIAL_OPTIONS, REPOSITORY_OPTIONS, common_argument_spec, postgres_argument_spec, settings_from_params)
+    AWS_CREDENTIAL_OPTIONS, RETENTION_POLICY_OPTIONS, module_argument_spec, settings_from_params)
 
-POLICY_OPTIONS = {
-    "keep_last": {"type": "int"},
-    "keep_daily": {"type": "int"},
-    "keep_weekly": {"type": "int"},
-    "keep_monthly": {"type": "int"},
-    "keep_yearly": {"type": "int"},
-    "min_keep": {"type": "int", "default": 1},
-    "max_age": {"type": "str"},
-    "incomplete_grace": {"type": "str", "default": "24h"},
-}
 S3_CHECK_OPTIONS = {name: {"type": "bool", "default": True}
                     for name in ("default_encryption", "public_access_block", "versioning", "object_lock")}
 IAM_OPTIONS = {
@@ -322,15 +299,13 @@ IAM_OPTIONS.update(copy.deepcopy(AWS_CREDENTIAL_OPTIONS))
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(postgres_argument_spec())
-    argument_spec.update(
-        copies={"type": "list", "elements": "dict", "default": [], "options": copy.deepcopy(REPOSITORY_OPTIONS)},
+    argument_spec = module_argument_spec(
+        with_postgres=True, with_copies=True,
         databases={"type": "list", "elements": "str", "default": ["all"]},
         exclude_databases={"type": "list", "elements": "str", "default": []},
         max_age_hours={"type": "float", "default": 25.0},
         verified_max_age_hours={"type": "float", "default": 49.0},
-        retention={"type": "dict", "options": POLICY_OPTIONS},
+        retention={"type": "dict", "options": RETENTION_POLICY_OPTIONS},
         require_encryption={"type": "bool", "default": True},
         s3_checks={"type": "dict", "options": S3_CHECK_OPTIONS},
         iam={"type": "dict", "options": IAM_OPTIONS},
@@ -339,7 +314,6 @@ def main():
     params = module.params
     try:
         settings = settings_from_params(params)
-        settings["copies"] = [settings_from_params({"repository": spec})["repository"] for spec in params["copies"]]
         context = Context.from_settings(settings, need_postgres=True, need_encryption=False)
         copies = context.copies()
         retention = None

@@ -37,107 +37,7 @@ options:
   copies:
     description:
       - Further repositories to probe besides O(repository) (the copies that C(pgsafe sync) keeps), with the same
-        suboptions as O(repository).
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: A label for messages and check names (for example V(cloud) gives V(repository:cloud)).
-        type: str
-      type:
-        description: Repository kind.
-        type: str
-        choices: [filesystem, s3]
-        default: filesystem
-      path:
-        description: Root directory of a filesystem repository.
-        type: path
-      create:
-        description: Create a missing filesystem repository root (0700).
-        type: bool
-        default: false
-      bucket:
-        description: S3 bucket name.
-        type: str
-      prefix:
-        description: Key prefix inside the bucket.
-        type: str
-      endpoint_url:
-        description: URL of an S3-compatible endpoint (MinIO, Ceph, a local test server). Unset for AWS.
-        type: str
-      path_style:
-        description: Use path-style addressing (MinIO and Ceph usually need it).
-        type: bool
-        default: false
-      verify_tls:
-        description: Verify the endpoint's TLS certificate.
-        type: bool
-        default: true
-      ca_bundle:
-        description: CA bundle file for a private endpoint certificate.
-        type: path
-      sse:
-        description: Server-side encryption requested from S3, in addition to pgsafe's own envelope encryption.
-        type: str
-        choices: [AES256, "aws:kms"]
-      sse_kms_key_id:
-        description: KMS key for O(copies[].sse=aws:kms).
-        type: str
-      storage_class:
-        description: S3 storage class for new objects (for example V(STANDARD_IA)).
-        type: str
-      object_lock_mode:
-        description: Object Lock retention mode for new objects (the bucket must have Object Lock enabled).
-        type: str
-        choices: [GOVERNANCE, COMPLIANCE]
-      object_lock_days:
-        description: Days of Object Lock retention for new objects.
-        type: int
-      part_size_mb:
-        description: Multipart upload part size.
-        type: int
-        default: 16
-      max_concurrency:
-        description: Parts uploaded in parallel.
-        type: int
-        default: 4
-      checksum_when_required:
-        description: Send and check payload checksums only when required, for older S3-compatible servers.
-        type: bool
-        default: false
-      connect_timeout:
-        description: Seconds to wait for a connection.
-        type: int
-        default: 10
-      read_timeout:
-        description: Seconds to wait on a stalled transfer before retrying.
-        type: int
-        default: 60
-      max_attempts:
-        description: Attempts per request (jittered backoff; only safe calls are retried).
-        type: int
-        default: 5
-      access_key:
-        description: AWS access key id. Falls back to the environment.
-        type: str
-        aliases: [aws_access_key_id]
-      secret_key:
-        description: AWS secret access key. Never logged.
-        type: str
-        aliases: [aws_secret_access_key]
-      session_token:
-        description: AWS session token. Never logged.
-        type: str
-        aliases: [aws_session_token]
-      profile:
-        description: AWS profile name.
-        type: str
-        aliases: [aws_profile]
-      region:
-        description: AWS region.
-        type: str
-        aliases: [aws_region]
+        suboptions as O(repository). A copy's O(copies[].name) names its checks (V(cloud) gives V(repository:cloud)).
   wal_archiving:
     description:
       - Whether this cluster archives its WAL through pgsafe (physical backups and point-in-time recovery). When
@@ -167,19 +67,17 @@ options:
 extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.postgres
+  - pgsafe.backup.copies
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The checks change nothing, so check mode runs them all; the repository probe is written and deleted
       again in both modes (on an S3 bucket with Object Lock it stays until its retention ends).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: Nothing is changed, so there is nothing to show.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: Always reports unchanged.
 notes:
@@ -297,22 +195,18 @@ error:
   type: dict
 """
 
-import copy
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    REPOSITORY_OPTIONS, common_argument_spec, postgres_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.preflight import CHECK_GROUPS, run_checks
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(postgres_argument_spec())
-    argument_spec.update(
+    argument_spec = module_argument_spec(
+        with_postgres=True, with_copies=True,
         checks={"type": "list", "elements": "str", "choices": list(CHECK_GROUPS)},
-        copies={"type": "list", "elements": "dict", "default": [], "options": copy.deepcopy(REPOSITORY_OPTIONS)},
         wal_archiving={"type": "bool", "default": False},
         min_free_mb={"type": "float", "default": 1024.0},
         max_wal_archive_age_seconds={"type": "float", "default": 300.0},
@@ -322,8 +216,6 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     settings = settings_from_params(params)
-    # Copies take the repository options; translate them the way settings_from_params does the primary.
-    settings["copies"] = [settings_from_params({"repository": spec}).get("repository") for spec in params["copies"]]
     try:
         report = run_checks(settings, only=params["checks"], wal_archiving=params["wal_archiving"],
                             min_free_mb=params["min_free_mb"],

@@ -39,20 +39,7 @@ options:
     default: true
 extends_documentation_fragment:
   - pgsafe.backup.common
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Read-only, so it runs the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: N/A
-    details: Changes nothing.
-  idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
-    support: full
-    details: Read-only; always reports unchanged.
+  - pgsafe.backup.attributes.read_only
 notes:
   - The encryption and compression options are accepted, so that C(module_defaults) for the group
     C(group/pgsafe.backup.pgsafe) apply unchanged, but they are not used.
@@ -145,13 +132,12 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.catalog import list_
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.wal_archive import archive_summary
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         type={"type": "str"},
         max_age_days={"type": "float"},
         wal_archive={"type": "bool", "default": True},

@@ -161,9 +161,9 @@ options:
 extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.postgres
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - O(kind=logical), finds the backup, checks it holds the database, and checks whether the target exists
@@ -172,15 +172,12 @@ attributes:
         the state of O(pgdata); a target outside the window, a non-empty O(pgdata) or a running server without
         O(force), or a busy O(port) fail as a real run would. Creates nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - O(kind=logical), whether the target database exists and its tables' row counts, before and after (in
         check mode, the counts the backup recorded).
       - O(kind=physical), the state of O(pgdata) before, and the chain and target restored into it after.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: none
     details: Every run restores. A second run without O(force) fails because the target now exists; with
       O(force) it restores again and reports changed.
@@ -408,7 +405,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import Pgsafe
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_restore import (
     plan_logical_restore, run_logical_restore)
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, postgres_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.physical_restore import (
     infer_restore_kind, plan_physical_restore, run_physical_restore)
 from ansible_collections.pgsafe.backup.plugins.module_utils.postgres import database_exists, table_row_counts
@@ -482,11 +479,10 @@ def restore_physical(module, context) -> dict:
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(postgres_argument_spec())
-    # Logical: the server restored into (5432 when unset). Physical: the restored copy's own port.
-    argument_spec["port"] = {"type": "int", "aliases": ["login_port"]}
-    argument_spec.update(
+    argument_spec = module_argument_spec(
+        with_postgres=True,
+        # Logical: the server restored into (5432 when unset). Physical: the restored copy's own port.
+        port={"type": "int", "aliases": ["login_port"]},
         kind={"type": "str", "choices": ["logical", "physical"]},
         backup_id={"type": "str", "default": "latest"},
         force={"type": "bool", "default": False},

@@ -48,20 +48,7 @@ options:
 extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.copies
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Read-only, so it runs the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: N/A
-    details: Changes nothing.
-  idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
-    support: full
-    details: Read-only; always reports unchanged.
+  - pgsafe.backup.attributes.read_only
 notes:
   - The encryption and compression options are accepted, so that C(module_defaults) for the group
     C(group/pgsafe.backup.pgsafe) apply unchanged, but they are not used.
@@ -147,21 +134,18 @@ error:
   type: dict
 """
 
-import copy
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    REPOSITORY_OPTIONS, common_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.trends import collect
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
-        copies={"type": "list", "elements": "dict", "default": [], "options": copy.deepcopy(REPOSITORY_OPTIONS)},
+    argument_spec = module_argument_spec(
+        with_copies=True,
         weeks={"type": "int", "default": 12},
         prices={"type": "dict", "default": {}},
         failure_grace_hours={"type": "float", "default": 24.0},
@@ -171,7 +155,6 @@ def main():
     params = module.params
     try:
         settings = settings_from_params(params)
-        settings["copies"] = [settings_from_params({"repository": spec})["repository"] for spec in params["copies"]]
         context = Context.from_settings(settings, need_postgres=False, need_encryption=False)
         result = collect(context, context.copies(), params["weeks"], params["prices"], params["failure_grace_hours"],
                          params["chart"])

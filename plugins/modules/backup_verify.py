@@ -94,105 +94,6 @@ options:
         backup of each of O(types), with its manifest. Checked at every level; the copies' objects are not read
         (verify a copy in depth by running the module with it as O(repository)).
       - Same suboptions as O(repository).
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: A label for messages and metrics (for example V(cloud)). Defaults to V(copy).
-        type: str
-      type:
-        description: Repository kind.
-        type: str
-        choices: [filesystem, s3]
-        default: filesystem
-      path:
-        description: Root directory of a filesystem repository.
-        type: path
-      create:
-        description: Create a missing filesystem repository root (0700).
-        type: bool
-        default: false
-      bucket:
-        description: S3 bucket name.
-        type: str
-      prefix:
-        description: Key prefix inside the bucket.
-        type: str
-      endpoint_url:
-        description: URL of an S3-compatible endpoint (MinIO, Ceph, a local test server). Unset for AWS.
-        type: str
-      path_style:
-        description: Use path-style addressing (MinIO and Ceph usually need it).
-        type: bool
-        default: false
-      verify_tls:
-        description: Verify the endpoint's TLS certificate.
-        type: bool
-        default: true
-      ca_bundle:
-        description: CA bundle file for a private endpoint certificate.
-        type: path
-      sse:
-        description: Server-side encryption requested from S3, in addition to pgsafe's own envelope encryption.
-        type: str
-        choices: [AES256, "aws:kms"]
-      sse_kms_key_id:
-        description: KMS key for O(copies[].sse=aws:kms).
-        type: str
-      storage_class:
-        description: S3 storage class for new objects (for example V(STANDARD_IA)).
-        type: str
-      object_lock_mode:
-        description: Object Lock retention mode for new objects (the bucket must have Object Lock enabled).
-        type: str
-        choices: [GOVERNANCE, COMPLIANCE]
-      object_lock_days:
-        description: Days of Object Lock retention for new objects.
-        type: int
-      part_size_mb:
-        description: Multipart upload part size.
-        type: int
-        default: 16
-      max_concurrency:
-        description: Parts uploaded in parallel.
-        type: int
-        default: 4
-      checksum_when_required:
-        description: Send and check payload checksums only when required, for older S3-compatible servers.
-        type: bool
-        default: false
-      connect_timeout:
-        description: Seconds to wait for a connection.
-        type: int
-        default: 10
-      read_timeout:
-        description: Seconds to wait on a stalled transfer before retrying.
-        type: int
-        default: 60
-      max_attempts:
-        description: Attempts per request (jittered backoff; only safe calls are retried).
-        type: int
-        default: 5
-      access_key:
-        description: AWS access key id. Falls back to the environment.
-        type: str
-        aliases: [aws_access_key_id]
-      secret_key:
-        description: AWS secret access key. Never logged.
-        type: str
-        aliases: [aws_secret_access_key]
-      session_token:
-        description: AWS session token. Never logged.
-        type: str
-        aliases: [aws_session_token]
-      profile:
-        description: AWS profile name.
-        type: str
-        aliases: [aws_profile]
-      region:
-        description: AWS region.
-        type: str
-        aliases: [aws_region]
   fail_on_error:
     description:
       - Fail the task with the summary when verification finds a problem. With V(false) the task succeeds and
@@ -202,20 +103,18 @@ options:
 extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.postgres
+  - pgsafe.backup.copies
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Runs the same read-only checks (at V(restore), the scratch databases are created and dropped as in
       a real run; so is the scratch data directory of a physical backup) but does not record their results in
       the repository.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: Verification changes nothing in the backups, so there is nothing to show; the report is the result.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: Always reports unchanged; the verification records it writes are bookkeeping, not a change to the
       backups.
@@ -341,21 +240,18 @@ error:
   type: dict
 """
 
-import copy
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    REPOSITORY_OPTIONS, common_argument_spec, postgres_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.verify import verify
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(postgres_argument_spec())
-    argument_spec.update(
+    argument_spec = module_argument_spec(
+        with_postgres=True, with_copies=True,
         level={"type": "str", "choices": ["presence", "integrity", "decrypt", "restore"], "default": "decrypt"},
         backup_ids={"type": "list", "elements": "str"},
         types={"type": "list", "elements": "str", "default": ["logical"]},
@@ -366,7 +262,6 @@ def main():
         probes={"type": "raw"},
         scratch_dir={"type": "path"},
         os_user={"type": "str", "default": "postgres"},
-        copies={"type": "list", "elements": "dict", "options": copy.deepcopy(REPOSITORY_OPTIONS)},
         fail_on_error={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -98,18 +98,15 @@ options:
     default: 0
 extends_documentation_fragment:
   - pgsafe.backup.common
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Computes the report and publishes no metrics.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The metrics written are the result; there is no previous state worth showing.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: none
     details: Every run publishes the measurements again (and moves the last-run timestamp), and reports changed
       when metrics were written to a textfile or a Pushgateway.
@@ -169,12 +166,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgsafe.backup.plugins.module_utils import dr_test
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.manifest import check_cluster_name
-from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import common_argument_spec
+from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import module_argument_spec
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         run_id={"type": "str", "required": True},
         type={"type": "str", "choices": list(dr_test.TYPES), "required": True},
         started_at={"type": "str", "required": True},

@@ -73,20 +73,17 @@ options:
     default: {}
 extends_documentation_fragment:
   - pgsafe.backup.common
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: V(backup) walks the paths and reports what would be stored, reading no file; V(restore) reads the
       file manifest, compares every destination and reports what would be written or refused, writing nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: partial
     details: V(restore) shows each destination it writes, absent or differing before and as in the backup after;
       V(backup) always adds a new backup and shows no diff.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: partial
     details: V(restore) is idempotent (a restored file that matches the backup is left alone); V(backup) takes a
       new backup on every run unless O(skip_unchanged=true).
@@ -222,7 +219,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import Pgsafe
 from ansible_collections.pgsafe.backup.plugins.module_utils.files_backup import (
     plan_files_backup, plan_files_restore, run_files_backup, run_files_restore)
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 
 
 def _public(result: dict) -> dict:
@@ -230,8 +227,7 @@ def _public(result: dict) -> dict:
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         state={"type": "str", "choices": ["backup", "restore"], "default": "backup"},
         paths={"type": "list", "elements": "path"},
         exclude={"type": "list", "elements": "str", "default": []},

@@ -26,19 +26,7 @@ options:
     elements: path
 extends_documentation_fragment:
   - pgsafe.backup.common
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Reads only; runs the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: N/A
-    details: Nothing is changed.
-  idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
-    support: full
+  - pgsafe.backup.attributes.read_only
 notes:
   - Listing needs the keys of O(encryption) (the file manifest is encrypted like the data).
 author:
@@ -104,12 +92,11 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.config import Contex
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.files_backup import list_files
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         backup_id={"type": "str", "default": "latest"},
         paths={"type": "list", "elements": "path"},
     )

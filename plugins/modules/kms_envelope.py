@@ -106,22 +106,19 @@ options:
         aliases: [aws_region]
 extends_documentation_fragment:
   - pgsafe.backup.common
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Reads and authenticates the existing files to decide; writes nothing. V(decrypted) decrypts O(src) to
         nothing, which proves a configured key works.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Before and after of the written file, with its SHA-256 on disk and the keys that wrap it. In check mode
         the SHA-256 of a ciphertext not yet written cannot be known and is shown as the text C(new ciphertext).
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: Decided by content (plaintext SHA-256 after authenticated decryption, or the wrapping keys), never
       by file times.
@@ -224,7 +221,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.envelope_file import
     decrypt_file, encrypt_file, open_bytes, reencrypt_file)
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    ENCRYPTION_OPTIONS, common_argument_spec, settings_from_params)
+    ENCRYPTION_OPTIONS, module_argument_spec, settings_from_params)
 
 NEW_CIPHERTEXT = "new ciphertext"
 
@@ -247,8 +244,7 @@ def file_state(path: str, encrypted: bool) -> dict:
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         src={"type": "path", "required": True},
         dest={"type": "path"},
         state={"type": "str", "choices": ["encrypted", "decrypted", "reencrypted"], "default": "encrypted"},

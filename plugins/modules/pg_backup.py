@@ -85,9 +85,9 @@ options:
 extends_documentation_fragment:
   - pgsafe.backup.common
   - pgsafe.backup.postgres
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Connects to PostgreSQL and runs the same checks as a real run, but writes nothing.
@@ -96,12 +96,9 @@ attributes:
         example a full forced because O(max_chain_depth) is reached). V(transaction_logs) reports the segment that
         would be switched and the archive range it would wait for.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: A backup always adds new objects to the repository; there is no previous state to compare with.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: none
     details: Every run takes a new backup, so it always reports changed.
 notes:
@@ -278,15 +275,14 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import Pgsafe
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_backup import (
     plan_logical_backup, run_logical_backup)
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, postgres_argument_spec, settings_from_params)
+    module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.physical_backup import (
     plan_physical_backup, plan_transaction_logs, run_physical_backup, run_transaction_logs)
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(postgres_argument_spec())
-    argument_spec.update(
+    argument_spec = module_argument_spec(
+        with_postgres=True,
         type={"type": "str", "choices": ["logical", "full", "incremental", "transaction_logs"], "default": "logical"},
         databases={"type": "list", "elements": "str", "default": ["all"]},
         globals={"type": "bool", "default": True},

@@ -64,19 +64,16 @@ options:
     type: str
 extends_documentation_fragment:
   - pgsafe.backup.common
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Returns the whole plan (each backup kept or deleted, with the rules that decided) and
       RV(would_delete); deletes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Backup ids per group before, and the ids that remain after.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: A second run finds nothing the policy expires, unless time has moved a backup past a rule's edge.
 notes:
@@ -166,25 +163,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    common_argument_spec, settings_from_params)
+    RETENTION_POLICY_OPTIONS, module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.retention import prune
-
-POLICY_OPTIONS = {
-    "keep_last": {"type": "int"},
-    "keep_daily": {"type": "int"},
-    "keep_weekly": {"type": "int"},
-    "keep_monthly": {"type": "int"},
-    "keep_yearly": {"type": "int"},
-    "min_keep": {"type": "int", "default": 1},
-    "max_age": {"type": "str"},
-    "incomplete_grace": {"type": "str", "default": "24h"},
-}
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
-        policy={"type": "dict", "required": True, "options": POLICY_OPTIONS},
+    argument_spec = module_argument_spec(
+        policy={"type": "dict", "required": True, "options": RETENTION_POLICY_OPTIONS},
         type={"type": "str"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

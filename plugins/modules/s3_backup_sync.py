@@ -138,18 +138,15 @@ options:
     elements: str
 extends_documentation_fragment:
   - pgsafe.backup.common
+  - pgsafe.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Compares manifests, sizes and checksums and lists what would be copied (RV(copied)); copies nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Complete backup ids at each destination repository, before and after.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
     details: Decided by manifest bytes, object sizes and SHA-256, not by times.
 notes:
@@ -240,7 +237,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.catalog import list_
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context, repository_from
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
-    REPOSITORY_OPTIONS, common_argument_spec, settings_from_params)
+    REPOSITORY_OPTIONS, module_argument_spec, settings_from_params)
 from ansible_collections.pgsafe.backup.plugins.module_utils.sync import sync_repositories
 
 
@@ -249,8 +246,7 @@ def complete_ids(repository, cluster: str) -> list:
 
 
 def main():
-    argument_spec = common_argument_spec()
-    argument_spec.update(
+    argument_spec = module_argument_spec(
         remote={"type": "dict", "required": True, "options": copy.deepcopy(REPOSITORY_OPTIONS)},
         mode={"type": "str", "choices": ["push", "pull", "sync"], "default": "push"},
         backup_ids={"type": "list", "elements": "str"},

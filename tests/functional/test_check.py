@@ -31,50 +31,29 @@ import uuid
 
 import boto3
 import pytest
-import yaml
 
 from ansible.module_utils.testing import patch_module_args
 
+from tests.support.cli import COLLECTIONS, PYTHON, cli_argv, cli_env, describe, write_config
 from tests.support.pgcluster import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
-PYTHON = VENV_PYTHON if os.access(VENV_PYTHON, os.X_OK) else sys.executable
-ENTRY = "from ansible_collections.pgsafe.backup.plugins.module_utils.cli import main; import sys; sys.exit(main())"
 # The postgres user cannot execute the venv's interpreter (it lives under /root): the system
 # Python of the same minor version runs on the venv's packages, as archive_command does.
 SYSTEM_PYTHON = "/usr/bin/python3.%d" % sys.version_info.minor
 
 
 def pgsafe(*args: str, config: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PGSAFE_", "PG"))}
-    env["PYTHONPATH"] = COLLECTIONS
-    argv = [PYTHON, "-c", ENTRY, "--config", config] + list(args)
+    env = cli_env()
+    argv = cli_argv(*args, config=config)
     if user:
         env["PYTHONPATH"] = "%s:%s" % (COLLECTIONS, sysconfig.get_paths()["purelib"])
         argv = ["runuser", "-u", user, "--", SYSTEM_PYTHON] + argv[1:]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd="/", check=False)
 
 
-def write_config(path: str, settings: dict, mode: int = 0o600) -> str:
-    path = str(path)
-    if os.path.exists(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    os.fchmod(fd, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(settings, handle, default_flow_style=False)
-    return path
-
-
 def report_of(result: subprocess.CompletedProcess) -> dict:
     assert result.stdout.strip(), describe(result)
     return json.loads(result.stdout)
-
-
-def describe(result: subprocess.CompletedProcess) -> str:
-    return "exit %d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout, result.stderr)
 
 
 def by_name(report: dict) -> dict:

@@ -15,44 +15,23 @@ import json
 import os
 import stat
 import subprocess
-import sys
 
 import boto3
 import pytest
-import yaml
 
 from ansible_collections.pgsafe.backup.plugins.module_utils import manifest as mf
 from ansible_collections.pgsafe.backup.plugins.module_utils.locking import RunLock
+from tests.support.cli import ROOT, cli_argv, cli_env, describe, write_config
 from tests.support.pgcluster import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
-PYTHON = VENV_PYTHON if os.access(VENV_PYTHON, os.X_OK) else sys.executable
-ENTRY = "from ansible_collections.pgsafe.backup.plugins.module_utils.cli import main; import sys; sys.exit(main())"
 CLUSTER = "main"
 DUMP_OBJECT = "databases/app.dump.zst.enc"
 
 
 def pgsafe(*args: str, config: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``pgsafe [--config FILE] ARGS`` in a new process."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PGSAFE_", "PG"))}
-    env["PYTHONPATH"] = COLLECTIONS
-    argv = [PYTHON, "-c", ENTRY] + (["--config", config] if config else []) + list(args)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT,
-                          check=False)
-
-
-def write_config(path, settings: dict, mode: int = 0o600) -> str:
-    """Write the settings as YAML, created with ``mode`` (never briefly wider)."""
-    path = str(path)
-    if os.path.exists(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    os.fchmod(fd, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(settings, handle, default_flow_style=False)
-    return path
+    return subprocess.run(cli_argv(*args, config=config), capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, cwd=ROOT, check=False)
 
 
 def psql_counts(cluster, dbname: str) -> dict:
@@ -67,10 +46,6 @@ def psql_counts(cluster, dbname: str) -> dict:
 def as_json(result: subprocess.CompletedProcess):
     assert result.stdout.strip(), result.stderr
     return json.loads(result.stdout)
-
-
-def describe(result: subprocess.CompletedProcess) -> str:
-    return "exit %d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout, result.stderr)
 
 
 @pytest.fixture

@@ -24,9 +24,10 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import (
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_backup import run_logical_backup
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_restore import (
     plan_logical_restore, run_logical_restore)
+from tests.support.cli import describe, write_config
 from tests.support.faults import (
     CLUSTER, assert_still_verifies, backup_metrics, base_settings, complete_ids, context_for, create_big_database,
-    describe, half_written, metric, pgsafe, sigkill, start_pgsafe, statuses, verify_ids, wait_for, write_config)
+    half_written, metric, pgsafe, sigkill, start_pgsafe, statuses, verify_ids, wait_for)
 
 DUMP = "databases/app.dump.zst.enc"
 

@@ -17,11 +17,11 @@ import pytest
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, LockError, PostgresError
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_backup import run_logical_backup
+from tests.support.cli import write_config
 from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.faults import (
     assert_failure_recorded, assert_recovered, assert_still_verifies, backup_metrics, base_settings, complete_ids,
-    context_for, create_big_database, half_written, metric, read_text, sigkill, start_pgsafe, statuses,
-    wait_for, write_config)
+    context_for, create_big_database, half_written, metric, read_text, sigkill, start_pgsafe, statuses, wait_for)
 from tests.support.physical import ArchivingCluster, chown_postgres
 
 

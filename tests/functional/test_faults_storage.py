@@ -25,11 +25,11 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import (
 from ansible_collections.pgsafe.backup.plugins.module_utils.logical_backup import run_logical_backup
 from ansible_collections.pgsafe.backup.plugins.module_utils.repository import open_repository
 from ansible_collections.pgsafe.backup.plugins.module_utils.retention import prune
+from tests.support.cli import write_config
 from tests.support.faultproxy import FaultProxy, Rule
 from tests.support.faults import (
     CLUSTER, assert_failure_recorded, assert_recovered, assert_still_verifies, backup_metrics, base_settings,
-    complete_ids, context_for, sigkill, start_pgsafe, statuses, verify_ids, wait_for,
-    write_config)
+    complete_ids, context_for, sigkill, start_pgsafe, statuses, verify_ids, wait_for)
 from tests.support.pgcluster import free_port
 
 DUMP_PATH = "/backups/"  # every backup object's key contains it; WAL and records do not

@@ -466,13 +466,25 @@ def test_pg_backup_in_process_result_has_no_secrets(tmp_path, module_key, postgr
 DOC_CASES = list(MODULES)
 
 
+@pytest.fixture(scope="module")
+def rendered_docs():
+    """Every module's documentation as Ansible shows it: doc fragments (common options, attribute
+    descriptions, copies, ...) merged in."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS)
+    run = subprocess.run([os.path.join(BIN, "ansible-doc"), "--json"] + ["pgsafe.backup.%s" % name for name in MODULES],
+                         env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return {name.rsplit(".", 1)[-1]: entry["doc"] for name, entry in json.loads(run.stdout).items()}
+
+
 @pytest.mark.parametrize("name", DOC_CASES)
-def test_documentation_blocks_are_yaml(name):
+def test_documentation_blocks_are_yaml(name, rendered_docs):
     module = importlib.import_module("ansible_collections.pgsafe.backup.plugins.modules.%s" % name)
     documentation = yaml.safe_load(module.DOCUMENTATION)
     assert documentation["module"] == name
-    assert set(documentation["attributes"]) == {"check_mode", "diff_mode", "idempotent"}
-    for attribute in documentation["attributes"].values():
+    rendered = rendered_docs[name]
+    assert set(rendered["attributes"]) == {"check_mode", "diff_mode", "idempotent"}
+    for attribute in rendered["attributes"].values():
         assert attribute["description"] and attribute["support"] in ("full", "partial", "none", "N/A")
         if attribute["support"] != "full":
             assert attribute.get("details"), name

@@ -17,16 +17,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import yaml
+from tests.support.cli import ROOT, cli_argv, cli_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
-PYTHON = VENV_PYTHON if os.access(VENV_PYTHON, os.X_OK) else sys.executable
-ENTRY = "from ansible_collections.pgsafe.backup.plugins.module_utils.cli import main; import sys; sys.exit(main())"
 CLUSTER = "main"
 PREFIX = "pgsafe"
 
@@ -53,37 +47,16 @@ def context_for(settings: dict, **kwargs):
     return Context.from_settings(settings, **kwargs)
 
 
-def write_config(path, settings: dict) -> str:
-    """The settings as a 0600 YAML file for the CLI."""
-    path = str(path)
-    if os.path.exists(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(settings, handle, default_flow_style=False)
-    return path
-
-
-def cli_env() -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PGSAFE_", "PG"))}
-    env["PYTHONPATH"] = COLLECTIONS
-    return env
-
-
-def cli_argv(config: str, *args: str) -> list[str]:
-    return [PYTHON, "-c", ENTRY, "--config", config] + list(args)
-
-
 def pgsafe(config: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``pgsafe --config FILE ARGS`` to completion, as a timer or an operator would."""
-    return subprocess.run(cli_argv(config, *args), capture_output=True, text=True, env=cli_env(), timeout=timeout,
-                          cwd=ROOT, check=False)
+    return subprocess.run(cli_argv(*args, config=config), capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, cwd=ROOT, check=False)
 
 
 def start_pgsafe(config: str, *args: str, log_path: str) -> subprocess.Popen:
     """Start ``pgsafe`` in the background (for SIGKILL); stdout goes to ``log_path``, stderr beside it."""
     with open(log_path, "wb") as out, open(log_path + ".stderr", "wb") as err:
-        return subprocess.Popen(cli_argv(config, *args), stdout=out, stderr=err, env=cli_env(), cwd=ROOT)
+        return subprocess.Popen(cli_argv(*args, config=config), stdout=out, stderr=err, env=cli_env(), cwd=ROOT)
 
 
 def read_text(path) -> str:
@@ -95,10 +68,6 @@ def sigkill(process: subprocess.Popen) -> int:
     """SIGKILL exactly this process (not its children: an OOM kill takes one process)."""
     os.kill(process.pid, signal.SIGKILL)
     return process.wait(timeout=30)
-
-
-def describe(result: subprocess.CompletedProcess) -> str:
-    return "exit %d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout, result.stderr)
 
 
 def wait_for(predicate, timeout: float, what: str, pause: float = 0.01):
