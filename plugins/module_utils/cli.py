@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--type", dest="backup_type", help="only this backup type")
     prune.add_argument("--json", action="store_true", help="print JSON")
 
+    hold = commands.add_parser("hold", help="keep a backup whatever the retention policy says")
+    hold.add_argument("backup_id")
+    hold.add_argument("--reason", required=True, help="why (a ticket, an audit, a legal hold)")
+    hold.add_argument("--json", action="store_true", help="print JSON")
+    unhold = commands.add_parser("unhold", help="release a hold; retention decides again")
+    unhold.add_argument("backup_id")
+
     sync = commands.add_parser("sync", help="copy complete backups to/from the configured copies")
     sync.add_argument("--mode", default="push", choices=["push", "pull", "sync"])
     sync.add_argument("--dry-run", action="store_true", help="show what would be copied")
@@ -533,6 +540,17 @@ def dispatch(args, settings: dict) -> int:
         context = Context.from_settings(settings, need_postgres=False, need_encryption=False)
         result = prune(context, settings.get("retention") or {"keep_last": 7}, args.backup_type, args.dry_run)
         _print(result, args.json)
+        return 0
+    if args.command in ("hold", "unhold"):
+        from ansible_collections.pgsafe.backup.plugins.module_utils.catalog import release_hold, set_hold
+
+        context = Context.from_settings(settings, need_postgres=False, need_encryption=False)
+        if args.command == "hold":
+            _print(set_hold(context.repository, context.cluster, args.backup_id, args.reason), args.json,
+                   "backup %s is on hold: %s" % (args.backup_id, args.reason))
+        else:
+            released = release_hold(context.repository, context.cluster, args.backup_id)
+            sys.stdout.write(("hold on %s released" if released else "backup %s had no hold") % args.backup_id + "\n")
         return 0
     if args.command == "sync":
         from ansible_collections.pgsafe.backup.plugins.module_utils.sync import sync_repositories
