@@ -150,6 +150,33 @@ def test_fleet_backup_verify_audit_review(fleet):
                                                  "WHERE NOT datistemplate")
             assert names == "app,postgres", (host, names)
 
+    # --- the DR test on every host at once: measured RTO and RPO, metrics, reports ---------
+    textfile = os.path.join(str(fleet["work"]), "textfile")
+    os.makedirs(textfile, mode=0o755, exist_ok=True)  # node_exporter's directory (the monitoring role's job)
+    extra = {"pgsafe_dr_test_database": "app", "pgsafe_dr_test_work_dir": os.path.join(str(fleet["work"]), "dr"),
+             "pgsafe_dr_test_run_id": "fleet-dr", "pgsafe_dr_rpo_target_seconds": 3600,
+             "pgsafe_metrics": {"prefix": "spendsync", "textfile_dir": textfile},
+             "pgsafe_dr_test_probes": ["SELECT count(*) > 0 FROM public.users"]}
+    dr = play(fleet, "dr_test.yml", "-e", json.dumps(extra))
+    assert all(dr["recap"][host]["failed"] == 0 for host in HOSTS), dr["output"]
+    dr_dir = os.path.join(fleet["reports"], "dr_test", "fleet-dr")
+    for host in HOSTS:
+        report = json.load(open(os.path.join(dr_dir, host + ".json")))
+        assert report["type"] == "database", report
+        assert report["passed"] is True and report["targets_met"] is True, report
+        assert 0 < report["recovery_time_seconds"] < 14400 and 0 <= report["data_loss_seconds"] < 3600, report
+        assert report["rto"]["met"] is True and report["rpo"]["target_seconds"] == 3600
+        assert os.path.isfile(os.path.join(dr_dir, host + ".md"))
+    metrics = "".join(open(os.path.join(textfile, name)).read() for name in os.listdir(textfile)
+                      if name.endswith(".prom"))
+    for host in HOSTS:
+        assert re.search(r'spendsync_dr_test_recovery_time_seconds\{cluster="%s",type="database"\} [0-9.]+' % host,
+                         metrics), metrics
+    for host in HOSTS:  # the isolated targets are gone
+        names = fleet["clusters"][host].psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
+                                             "WHERE NOT datistemplate")
+        assert names == "app,postgres", (host, names)
+
     # --- the quarterly audit: every host covered -------------------------------------------
     first = play(fleet, "audit_quarterly.yml")
     audit_dir = only_dir(os.path.join(fleet["reports"], "audit"))
