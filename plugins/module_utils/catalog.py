@@ -17,7 +17,7 @@ import json
 import os
 
 from ansible_collections.pgsafe.backup.plugins.module_utils import manifest as mf
-from ansible_collections.pgsafe.backup.plugins.module_utils.errors import NotFoundError, PgsafeError
+from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, NotFoundError, PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.repository import join_key
 
 
@@ -43,8 +43,6 @@ def _read_json(repository, key: str) -> dict | None:
 
 def set_hold(repository, cluster: str, backup_id: str, reason: str, who: str | None = None) -> dict:
     """Put a backup on hold: retention never deletes it until the hold is released."""
-    from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError
-
     if not (reason or "").strip():
         raise ConfigError("a hold needs a reason", where="reason",
                           fix="say why the backup must be kept (a ticket, an audit, a legal hold)")

@@ -24,6 +24,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.catalog import (
 from ansible_collections.pgsafe.backup.plugins.module_utils.config import Context
 from ansible_collections.pgsafe.backup.plugins.module_utils.retention import prune
 from ansible_collections.pgsafe.backup.plugins.module_utils.retention_policy import BackupRecord
+from ansible_collections.pgsafe.backup.plugins.module_utils.wal_archive import record_key, wal_prefix
 from tests.unit.test_retention_policy import expected_gfs
 
 UTC = datetime.timezone.utc
@@ -56,9 +57,9 @@ def write_backup(repository, backup_type: str, finished: datetime.datetime, pare
 
 
 def write_wal(repository, name: str) -> None:
-    timeline = name[:8]
-    repository.put_bytes("%s/wal/%s/%s.json" % (CLUSTER, timeline, name), json.dumps({"name": name}).encode())
-    repository.put_bytes("%s/wal/%s/%s.0123456789abcdef.zst.enc" % (CLUSTER, timeline, name), b"x" * 16)
+    """A record and its data object, at the keys wal_archive uses (the data is not read here)."""
+    repository.put_bytes(record_key(CLUSTER, name), json.dumps({"name": name}).encode())
+    repository.put_bytes(wal_prefix(CLUSTER, name[:8]) + name + ".0123456789abcdef.zst.enc", b"x" * 16)
 
 
 def mark_verified(repository, backup_id: str, ok: bool, at: datetime.datetime) -> None:
@@ -88,7 +89,7 @@ def catalog_ids(context) -> set[str]:
 
 
 def wal_names(context) -> set[str]:
-    return {info.key.rsplit("/", 1)[-1][:-5] for info in context.repository.list(CLUSTER + "/wal/")
+    return {info.key.rsplit("/", 1)[-1][:-5] for info in context.repository.list(wal_prefix(CLUSTER))
             if info.key.endswith(".json")}
 
 
@@ -118,7 +119,7 @@ def test_four_hundred_days_keep_exactly_the_policy_and_every_protection(context)
     for number in (5, 10, 50, 99, 100, 101, 900, 999):
         write_wal(repository, segment(number))
     write_wal(repository, segment(20, timeline=2))  # a later timeline sorts after every timeline-1 name
-    repository.put_bytes("%s/wal/00000002/00000002.history.json" % CLUSTER, b"{}")
+    repository.put_bytes(record_key(CLUSTER, "00000002.history"), b"{}")
 
     before = catalog_ids(context)
     assert len(before) == days + 5
