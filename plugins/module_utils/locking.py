@@ -19,6 +19,7 @@ import sys
 import time
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, LockError
+from ansible_collections.pgsafe.backup.plugins.module_utils.ownership import hand_over_fd, inherited_owner, make_dirs
 
 
 class RunLock:
@@ -32,8 +33,10 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            make_dirs(os.path.dirname(self.path), 0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # Run as root: the lock stays usable by the pgsafe user's timers (also one an older root run left).
+            hand_over_fd(fd, inherited_owner(os.path.dirname(self.path)))
         except OSError as exc:
             raise ConfigError("cannot create the lock file %s: %s" % (self.path, exc.strerror), where="state_dir",
                               fix="set state_dir to a directory this user can write (default /var/lib/pgsafe)") \

@@ -37,6 +37,7 @@ import tempfile
 import time
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, missing_python_package
+from ansible_collections.pgsafe.backup.plugins.module_utils.ownership import hand_over_fd, inherited_owner, make_dirs
 
 try:
     import prometheus_client
@@ -205,6 +206,7 @@ def _write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     # sees a half-written file even before the rename.
     handle, temp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        hand_over_fd(handle, inherited_owner(directory))  # run as root: still the pgsafe user's to replace
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -507,8 +509,9 @@ class MetricsSink:
         lock_stream = None
         unusable = None
         try:
-            os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+            make_dirs(os.path.dirname(path), 0o750)
             lock_stream = open(path + ".lock", "a")
+            hand_over_fd(lock_stream.fileno(), inherited_owner(os.path.dirname(path)))
             if fcntl is not None:
                 fcntl.flock(lock_stream.fileno(), fcntl.LOCK_EX)
         except OSError as exc:

@@ -24,6 +24,7 @@ from ansible_collections.pgsafe.backup.plugins.module_utils.errors import (
     NotFoundError,
     RepositoryError,
 )
+from ansible_collections.pgsafe.backup.plugins.module_utils.ownership import hand_over_fd, inherited_owner, make_dirs
 from ansible_collections.pgsafe.backup.plugins.module_utils.repository import (
     ObjectInfo,
     ObjectWriter,
@@ -54,27 +55,9 @@ def _fsync_dir(path: str) -> None:
 
 
 def _make_private_dirs(path: str) -> None:
-    """Create ``path`` and any missing parents with mode 0700 each.
-
-    os.makedirs applies its mode only to the leaf (intermediate directories get
-    0777 minus umask), which would leave backup directories readable by others.
-    """
-    missing = []
-    while path and not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, DIR_MODE)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise
-            continue  # a concurrent writer made it first
-        # mkdir's mode is narrowed by the umask; chmod makes it exactly 0700.
-        os.chmod(directory, DIR_MODE)
+    """Create ``path`` and any missing parents with mode 0700 each (os.makedirs would leave the parents
+    readable by others); run as root, each takes the owner of the directory it is made in (ownership.py)."""
+    make_dirs(path, DIR_MODE)
 
 
 class FilesystemRepository(Repository):
@@ -168,6 +151,7 @@ class FilesystemRepository(Repository):
             raise self._os_error(exc, "create a temporary file", temp_path) from exc
         # The umask may have narrowed it further, never widened; make it exact.
         os.fchmod(temp_fd, FILE_MODE)
+        hand_over_fd(temp_fd, inherited_owner(parent))
         return temp_path, temp_fd
 
     # --- writing ------------------------------------------------------------------------

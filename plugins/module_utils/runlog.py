@@ -34,6 +34,7 @@ import sys
 import time
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import ConfigError, PgsafeError
+from ansible_collections.pgsafe.backup.plugins.module_utils.ownership import hand_over_fd, inherited_owner, make_dirs
 
 FILE_LOGGED_COMMANDS = frozenset(("backup", "verify", "restore", "restore-physical", "prune", "sync", "check",
                                   "files"))
@@ -135,26 +136,11 @@ def _make_log_dir(path: str) -> None:
     """Create missing directories 0700 (exactly, whatever the umask); an existing one is left as it is
     (the install role makes /var/log/pgsafe 0750 for a log reader group).
 
-    Run as root, new directories take the owner of the directory they are made in: an operator's
-    ``pgsafe check`` must not leave ``<state_dir>/log`` to root, where the backup user's timers
+    Run as root, new directories take the owner of the directory they are made in (ownership.py): an
+    operator's ``pgsafe check`` must not leave ``<state_dir>/log`` to root, where the backup user's timers
     could no longer write their logs.
     """
-    missing = []
-    while path and not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    owner = os.stat(path) if os.geteuid() == 0 and os.path.isdir(path) else None
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, LOG_DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(directory, LOG_DIR_MODE)
-        if owner is not None and (owner.st_uid, owner.st_gid) != (0, 0):
-            os.chown(directory, owner.st_uid, owner.st_gid)
+    make_dirs(path, LOG_DIR_MODE)
 
 
 class RunLog:
@@ -204,6 +190,7 @@ class RunLog:
             # O_EXCL + explicit mode: the file never exists with wider permissions, even briefly.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), LOG_FILE_MODE)
             os.fchmod(fd, LOG_FILE_MODE)
+            hand_over_fd(fd, inherited_owner(directory))
             stream = os.fdopen(fd, "a", encoding="utf-8")
         except OSError as exc:
             # A backup must not fail because its log cannot be written; say so loudly instead.

@@ -37,6 +37,7 @@ import time
 
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import (
     PgsafeError, RepositoryError)
+from ansible_collections.pgsafe.backup.plugins.module_utils.ownership import make_dirs
 from ansible_collections.pgsafe.backup.plugins.module_utils.wal_archive import (
     check_wal_file_name, sha256_file)
 
@@ -58,12 +59,9 @@ class Spool:
         self.status_path = os.path.join(state_dir, "wal-status", "%s.json" % cluster)
 
     def ensure(self) -> "Spool":
-        # os.makedirs applies its mode to the last directory only: create each level 0700.
-        for path in (os.path.dirname(self.root), self.root, self.requests, self.acked,
-                     os.path.dirname(self.status_path)):
-            if not os.path.isdir(path):
-                os.makedirs(path, mode=0o700, exist_ok=True)
-                os.chmod(path, 0o700)
+        # Each level 0700; made by root (an operator's `pgsafe check`), still the PostgreSQL user's.
+        for path in (self.requests, self.acked, os.path.dirname(self.status_path)):
+            make_dirs(path, 0o700)
         return self
 
     def shipper_running(self) -> bool:
