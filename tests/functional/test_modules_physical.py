@@ -23,7 +23,7 @@ import pytest
 from test_modules import files_under, ok, run_module
 
 from tests.support.pgcluster import PG_BIN, Cluster, free_port, load_sample
-from tests.support.physical import ArchivingCluster, chown_postgres, table_checksums
+from tests.support.physical import ArchivingCluster, chown_postgres, settle, table_checksums
 
 CLUSTER = "modphys"
 
@@ -34,6 +34,7 @@ def source():
     cluster.start_shipper()
     load_sample(cluster, "app")
     cluster.psql("CREATE TABLE ledger (id int PRIMARY KEY, note text)", "app")
+    settle(cluster)
     yield cluster
     cluster.destroy()
 

@@ -202,6 +202,19 @@ class ArchivingCluster(Cluster):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def settle(cluster: Cluster) -> None:
+    """Make the cluster's files older than the incremental backup's mtime margin, as on a server whose
+    data were loaded before its first base backup: a CHECKPOINT writes the pages the load dirtied (else
+    pg_backup_start's checkpoint writes them during the full backup, whose incremental must then store
+    them again), then wait out the margin. Without it, a full taken right after a load re-stores
+    everything the load touched in the next incremental, correctly, and a test meant to measure what
+    an incremental saves measures the load instead."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.physical_backup import STABLE_MARGIN_NS
+
+    cluster.psql("CHECKPOINT")
+    time.sleep(STABLE_MARGIN_NS / 1e9 + 0.2)
+
+
 def restore_into(source: ArchivingCluster, **options) -> tuple[dict, Cluster]:
     """Run a physical restore as the engine does for the CLI; returns (result, restored cluster)."""
     from ansible_collections.pgsafe.backup.plugins.module_utils.physical_restore import run_physical_restore
