@@ -23,12 +23,13 @@ define header
 	@printf '\n=== %s ===\n' "$(1)"
 endef
 
-.PHONY: help test venv system-deps unit functional sanity lint molecule promtool demo bench clean
+.PHONY: help test venv system-deps unit functional sanity lint molecule promtool demo bench wheelhouse clean
 
 help:
 	@echo "make test         system-deps, venv, then unit functional sanity lint molecule promtool (what CI runs)"
 	@echo "make demo         run scripts/demo.sh"
 	@echo "make bench        run bench/run.py"
+	@echo "make wheelhouse   wheels for hosts without PyPI (WHEELHOUSE=dir WHEELHOUSE_PYTHON=3.11 WHEELHOUSE_PLATFORM=...)"
 	@echo "make venv | system-deps | unit | functional | sanity | lint | molecule | promtool | clean"
 
 test: system-deps venv
@@ -97,6 +98,15 @@ demo: system-deps venv
 bench: venv
 	$(call header,bench)
 	@PATH="$(VENV)/bin:$$PATH" "$(PY)" bench/run.py
+
+# Wheels of the install role's pins for database hosts without PyPI access
+# (pgsafe_install_wheelhouse): see docs/install.md.
+WHEELHOUSE          ?= $(CURDIR)/.build/wheelhouse
+WHEELHOUSE_PYTHON   ?= 3.11
+WHEELHOUSE_PLATFORM ?= manylinux_2_28_x86_64
+wheelhouse: venv
+	$(call header,wheelhouse)
+	@bash scripts/wheelhouse.sh "$(WHEELHOUSE)" "$(WHEELHOUSE_PYTHON)" "$(WHEELHOUSE_PLATFORM)"
 
 clean:
 	rm -rf .build/sanity tests/output

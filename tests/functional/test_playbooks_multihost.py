@@ -4,22 +4,33 @@
 """The operations playbooks on a fleet of three hosts, run by ansible-playbook with three forks.
 
 Three throwaway PostgreSQL clusters stand for three database hosts (local connections, each
-with its own PGHOST/PGPORT, cluster name and state directory) backing up into one shared
-filesystem repository. The playbooks run as an operator runs them: backup.yml,
-verify_daily.yml, restore_test_monthly.yml (when present), audit_quarterly.yml and
-maintenance_weekly.yml. Then one host's backups are made stale (their manifests rewritten
-through the engine, as if the last backups had finished three days ago) and the audit must
-flag exactly that host. After each run the reports on disk and the repository are read back.
+with its own PGHOST/PGPORT, cluster name and its own "root" directory for /etc, /opt and /var)
+backing up into one shared filesystem repository. The playbooks run as an operator runs them,
+in the order of a new fleet: install.yml first (a virtualenv per host from a wheelhouse, with
+no index: the air-gapped path; config, keys, cron schedules, archive_command wired and
+archiving), then, with the modules running in each host's installed virtualenv as the
+production inventory has it, backup.yml, verify_daily.yml, restore_test_monthly.yml,
+dr_test.yml, audit_quarterly.yml and maintenance_weekly.yml. Then one host's backups are made
+stale (their manifests rewritten through the engine, as if the last backups had finished three
+days ago) and the audit must flag exactly that host. After each run the reports on disk and
+the repository are read back. Last, the scheduled jobs run as the pgsafe user, and WAL
+archiving is still healthy after all the root-run playbooks.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
+import pwd
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 from xml.etree import ElementTree
 
 import pytest
@@ -27,7 +38,6 @@ import yaml
 
 from ansible_collections.pgsafe.backup.plugins.module_utils import manifest as mf
 from ansible_collections.pgsafe.backup.plugins.module_utils.catalog import list_backups
-from ansible_collections.pgsafe.backup.plugins.module_utils.encryption import generate_key_file
 from ansible_collections.pgsafe.backup.plugins.module_utils.repository import open_repository
 from tests.support.pgcluster import Cluster, load_sample
 
@@ -41,47 +51,104 @@ STALE_HOST = "db2"
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"  # what a database host has before install.yml (the pyenv one is under /root)
+
+
+def wheelhouse() -> str:
+    """Wheels of the install role's pins for the hosts' Python, built once per requirements file."""
+    with open(os.path.join(ROOT, "roles", "install", "files", "requirements.txt"), "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:12]
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    path = os.path.join(ROOT, ".build", "wheelhouse-%s-py%s" % (digest, version))
+    if not os.path.exists(path + ".complete"):
+        shutil.rmtree(path, ignore_errors=True)
+        run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "wheelhouse.sh"), path, version],
+                             capture_output=True, text=True, check=False, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        open(path + ".complete", "w").close()
+    return path
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    """Three running clusters, a shared repository, a key, and an inventory with three hosts."""
-    work = tmp_path_factory.mktemp("fleet")
+def fleet():
+    """Three running clusters, a shared repository, and an inventory of three hosts not yet installed."""
+    # Not under pytest's tmp_path (0700 under /tmp/pytest-of-root): archive_command runs as postgres
+    # and must reach the installed command, as on a real host.
+    work = tempfile.mkdtemp(prefix="pgsafe-fleet-")
+    os.chmod(work, 0o755)
     clusters = {}
     try:
+        wheels = wheelhouse()
         for host in HOSTS:
-            cluster = Cluster().init().start()
+            # archive_mode is on from the start, as on a server restarted for it; archive_command is empty
+            # (PostgreSQL keeps the WAL) until the install role wires pgsafe in with a reload.
+            cluster = Cluster(settings={"archive_mode": "on"}).init().start()
             clusters[host] = cluster
             # Small data: this test is about the playbooks across hosts, not throughput.
             load_sample(cluster, "app", users=200, bookings=500)
-        key = str(work / "keys" / "backup.key")
-        generate_key_file(key)
-        repository = str(work / "repository")
-        inventory = {"all": {
-            "hosts": {host: {
+        repository = os.path.join(work, "repository")
+        hosts = {}
+        for host in HOSTS:
+            root = os.path.join(work, "hosts", host)  # stands for the host's /
+            # What every host has before install: stand-ins for /etc/cron.d, /etc/logrotate.d, ...
+            for directory in ("etc/cron.d", "etc/logrotate.d", "etc/systemd/system", "usr/local/bin"):
+                os.makedirs(os.path.join(root, directory))
+            app_config = os.path.join(root, "etc", "app")
+            os.makedirs(app_config)
+            with open(os.path.join(app_config, "app.conf"), "w") as handle:
+                handle.write("host = %s\n" % host)
+            hosts[host] = {
                 "ansible_connection": "local",
-                "ansible_python_interpreter": sys.executable,
+                # As inventories/production has it: the system Python while install.yml bootstraps,
+                # then the virtualenv it created, which must hold everything the modules import.
+                "ansible_python_interpreter": "{{ '%s' if pgsafe_bootstrap | default(false) | bool "
+                                              "else pgsafe_install_venv ~ '/bin/python' }}" % SYSTEM_PYTHON,
                 "pgsafe_cluster": host,
-                "pgsafe_state_dir": str(work / "state" / host),
+                "pgsafe_state_dir": os.path.join(root, "var", "lib", "pgsafe"),
+                "pgsafe_log_dir": os.path.join(root, "var", "log", "pgsafe"),
                 "pgsafe_postgres": {"login_host": clusters[host].host, "port": clusters[host].port,
                                     "login_user": "postgres", "pg_bin_dir": clusters[host].bin_dir},
-            } for host in HOSTS},
+                # Each host's own key, generated by the install role.
+                "pgsafe_encryption": {"key_files": [{"path": os.path.join(root, "etc", "pgsafe", "keys",
+                                                                          "backup.key")}]},
+                "pgsafe_files_paths": [app_config],
+                "pgsafe_install_venv": os.path.join(root, "opt", "pgsafe", "venv"),
+                "pgsafe_install_launcher_link": os.path.join(root, "usr", "local", "bin", "pgsafe"),
+                "pgsafe_install_config_dir": os.path.join(root, "etc", "pgsafe"),
+                "pgsafe_install_logrotate_dir": os.path.join(root, "etc", "logrotate.d"),
+                "pgsafe_install_textfile_dir": os.path.join(root, "var", "lib", "node_exporter", "textfile_collector"),
+                "pgsafe_install_systemd_dir": os.path.join(root, "etc", "systemd", "system"),
+                "pgsafe_install_cron_file": os.path.join(root, "etc", "cron.d", "pgsafe"),
+            }
+        inventory = {"all": {
+            "hosts": hosts,
             "vars": {
                 "pgsafe_repository": {"name": "shared", "type": "filesystem", "path": repository, "create": True},
-                "pgsafe_encryption": {"key_files": [{"path": key}]},
                 "pgsafe_compression": {"algorithm": "zstd", "level": 3, "threads": 1},
                 "pgsafe_databases": ["all"],
                 "pgsafe_verify_level": "decrypt",
                 "pgsafe_max_age_hours": 25,
                 "pgsafe_retention": {"keep_daily": 30, "keep_weekly": 12, "keep_monthly": 12, "min_keep": 1},
+                "pgsafe_install_python": SYSTEM_PYTHON,
+                "pgsafe_install_wheelhouse": wheels,
+                "pgsafe_install_engine_build_dir": os.path.join(work, "engine-build"),
+                "pgsafe_install_wal_archiving": True,
             },
             "children": {"monitoring": {"hosts": {}}},
         }}
-        inventory_path = work / "inventory.yml"
-        inventory_path.write_text(yaml.safe_dump(inventory))
-        yield {"work": work, "inventory": str(inventory_path), "repository": repository, "clusters": clusters,
-               "reports": str(work / "reports")}
+        inventory_path = os.path.join(work, "inventory.yml")
+        with open(inventory_path, "w") as handle:
+            handle.write(yaml.safe_dump(inventory))
+        yield {"work": work, "inventory": inventory_path, "repository": repository, "clusters": clusters,
+               "reports": os.path.join(work, "reports"), "hosts": hosts}
     finally:
         for cluster in clusters.values():
             cluster.destroy()
+        if os.environ.get("PGSAFE_TEST_KEEP"):  # keep the hosts' files and reports to look into a failure
+            print("fleet kept in %s" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def play(fleet, playbook: str, *extra: str, expect_rc: int = 0) -> dict:
@@ -91,7 +158,7 @@ def play(fleet, playbook: str, *extra: str, expect_rc: int = 0) -> dict:
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0")
     run = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", fleet["inventory"], "--forks", "3",
                           os.path.join(PLAYBOOKS, playbook)] + list(extra),
-                         env=env, capture_output=True, text=True, cwd=str(fleet["work"]), check=False, timeout=300)
+                         env=env, capture_output=True, text=True, cwd=fleet["work"], check=False, timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode == expect_rc, output
     recap = {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
@@ -121,7 +188,79 @@ def make_stale(fleet, host: str, days: float = 3.0) -> None:
         mf.write_manifest(repository, manifest)
 
 
+def archiver(cluster) -> dict:
+    return json.loads(cluster.psql("SELECT json_build_object('archived', archived_count, 'failed', failed_count, "
+                                   "'last_failed_wal', last_failed_wal) FROM pg_stat_archiver"))
+
+
+def wait_archived(cluster, after: int, timeout: float = 120) -> dict:
+    """Write, switch to a new segment and wait until the archiver has counted more than ``after``."""
+    cluster.psql("CREATE TABLE IF NOT EXISTS wal_probe (at timestamptz); INSERT INTO wal_probe VALUES (now())",
+                 dbname="app")
+    cluster.psql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + timeout
+    while True:
+        state = archiver(cluster)
+        if state["archived"] > after or state["failed"] or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+def cron_jobs(fleet, host: str) -> dict:
+    """Entry name -> (user, command) in the host's cron file, as cron reads it."""
+    jobs, name = {}, None
+    with open(fleet["hosts"][host]["pgsafe_install_cron_file"]) as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith("#Ansible: "):
+                name = line[len("#Ansible: "):]
+            elif line and not line.startswith("#") and name:
+                fields = line.split(None, 6)
+                jobs[name] = (fields[5], fields[6])
+                name = None
+    return jobs
+
+
+def run_as(user: str, command: str) -> subprocess.CompletedProcess:
+    """A command line as cron runs it: /bin/sh as that user, from its home, without our environment."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": pwd.getpwnam(user).pw_dir, "LANG": "C.UTF-8"}
+    return subprocess.run([shutil.which("runuser"), "-u", user, "--", "/bin/sh", "-c", command], env=env, cwd="/",
+                          capture_output=True, text=True, check=False, timeout=300)
+
+
 def test_fleet_backup_verify_audit_review(fleet):
+    # --- install: a new fleet, offline from the wheelhouse, three hosts at once -------------
+    archived_before = {host: archiver(fleet["clusters"][host])["archived"] for host in HOSTS}
+    installed = play(fleet, "install.yml")
+    assert sorted(installed["recap"]) == list(HOSTS)  # the monitoring play matched no host
+    assert all(installed["recap"][host]["changed"] > 0 for host in HOSTS), installed["output"]
+    wheels = sorted(name for name in os.listdir(wheelhouse()))
+    for host in HOSTS:
+        settings = fleet["hosts"][host]
+        venv = settings["pgsafe_install_venv"]
+        assert sorted(os.listdir(os.path.join(venv, "wheelhouse"))) == wheels
+        key = os.stat(settings["pgsafe_encryption"]["key_files"][0]["path"])
+        assert stat.S_IMODE(key.st_mode) == 0o600 and pwd.getpwuid(key.st_uid).pw_name == "postgres"
+        config = os.stat(os.path.join(settings["pgsafe_install_config_dir"], "pgsafe.yml"))
+        assert stat.S_IMODE(config.st_mode) == 0o640
+        # No systemd here: the schedules are cron entries, run as the pgsafe user.
+        jobs = cron_jobs(fleet, host)
+        assert sorted(jobs) == ["pgsafe backup-logical", "pgsafe files", "pgsafe prune", "pgsafe sync",
+                                "pgsafe verify"], jobs
+        assert {user for user, _command in jobs.values()} == {"postgres"}
+        assert jobs["pgsafe files"][1] == venv + "/bin/pgsafe files backup >/dev/null"
+        # archive_command is wired with a reload (archive_mode was already on) and PostgreSQL archives through it.
+        cluster = fleet["clusters"][host]
+        assert cluster.psql("SHOW archive_command") == venv + "/bin/pgsafe wal-push %p"
+        state = wait_archived(cluster, archived_before[host])
+        assert state["archived"] > archived_before[host] and state["failed"] == 0, (host, state)
+        # The seeds' system status check with the installed command, as the pgsafe user.
+        check = run_as("postgres", settings["pgsafe_install_launcher_link"] + " check")
+        assert check.returncode == 0, (host, check.stdout, check.stderr)
+    # Again: nothing changes on any host.
+    again = play(fleet, "install.yml")
+    assert all(again["recap"][host]["changed"] == 0 for host in HOSTS), again["output"]
+
     # --- backup: every host, its own cluster name, one shared repository ------------------
     result = play(fleet, "backup.yml")
     assert sorted(result["recap"]) == list(HOSTS)
@@ -151,9 +290,9 @@ def test_fleet_backup_verify_audit_review(fleet):
             assert names == "app,postgres", (host, names)
 
     # --- the DR test on every host at once: measured RTO and RPO, metrics, reports ---------
-    textfile = os.path.join(str(fleet["work"]), "textfile")
+    textfile = os.path.join(fleet["work"], "textfile")
     os.makedirs(textfile, mode=0o755, exist_ok=True)  # node_exporter's directory (the monitoring role's job)
-    extra = {"pgsafe_dr_test_database": "app", "pgsafe_dr_test_work_dir": os.path.join(str(fleet["work"]), "dr"),
+    extra = {"pgsafe_dr_test_database": "app", "pgsafe_dr_test_work_dir": os.path.join(fleet["work"], "dr"),
              "pgsafe_dr_test_run_id": "fleet-dr", "pgsafe_dr_rpo_target_seconds": 3600,
              "pgsafe_metrics": {"prefix": "spendsync", "textfile_dir": textfile},
              "pgsafe_dr_test_probes": ["SELECT count(*) > 0 FROM public.users"]}
@@ -235,3 +374,49 @@ def test_fleet_backup_verify_audit_review(fleet):
                                           "failed": 0} for host in HOSTS), checked["output"]
     assert "FAILED: cluster %s" % STALE_HOST in checked["output"]  # the verdict is still shown
     assert {name: os.stat(os.path.join(audit_dir, name)).st_mtime_ns for name in os.listdir(audit_dir)} == before
+
+    # --- the scheduled jobs, as cron runs them: the files schedule on every host ------------
+    repository = open_repository({"type": "filesystem", "path": fleet["repository"]})
+    for host in HOSTS:
+        user, command = cron_jobs(fleet, host)["pgsafe files"]
+        job = run_as(user, command)
+        assert job.returncode == 0, (host, job.stdout, job.stderr)
+        files = [entry for entry in list_backups(repository, host, "files") if entry["status"] == "complete"]
+        assert len(files) == 1, files
+        listing = run_as(user, "%s files list --json" % fleet["hosts"][host]["pgsafe_install_launcher_link"])
+        assert listing.returncode == 0, listing.stderr
+        assert os.path.join(fleet["hosts"][host]["pgsafe_files_paths"][0], "app.conf") in listing.stdout
+
+    # --- WAL archiving is still healthy after every root-run playbook and job ---------------
+    for host in HOSTS:
+        cluster = fleet["clusters"][host]
+        before = archiver(cluster)
+        state = wait_archived(cluster, before["archived"])
+        assert state["archived"] > before["archived"] and state["failed"] == 0, (host, before, state)
+
+    # --- the physical DR path: a full base backup, then a system restore replaying the archive --
+    full = play(fleet, "backup.yml", "-e", "pgsafe_backup_type=full")
+    assert all(full["recap"][host]["failed"] == 0 for host in HOSTS), full["output"]
+    for host in HOSTS:  # a transaction after the backup, archived through the installed wal-push
+        cluster = fleet["clusters"][host]
+        before = archiver(cluster)
+        assert wait_archived(cluster, before["archived"])["archived"] > before["archived"]
+    extra = {"pgsafe_dr_test_restore_method": "physical", "pgsafe_dr_test_database": "app",
+             "pgsafe_dr_test_run_id": "fleet-physical",
+             # Each host's own scratch directory (here all three share one filesystem).
+             "pgsafe_dr_test_work_dir": os.path.join(fleet["work"], "dr-physical", "{{ inventory_hostname }}"),
+             # The scratch cluster fetches WAL with the command the install role put on each host.
+             "pgsafe_dr_test_restore_command": "{{ pgsafe_install_launcher_link }} wal-fetch %f %p",
+             "pgsafe_dr_rpo_target_seconds": 3600, "pgsafe_dr_test_probes": ["SELECT count(*) > 0 FROM public.users"]}
+    physical = play(fleet, "dr_test.yml", "-e", json.dumps(extra))
+    assert all(physical["recap"][host]["failed"] == 0 for host in HOSTS), physical["output"]
+    for host in HOSTS:
+        report = json.load(open(os.path.join(fleet["reports"], "dr_test", "fleet-physical", host + ".json")))
+        assert report["passed"] is True and report["targets_met"] is True, report
+        assert report["backup"]["type"] == "full" and report["cleanup_ok"] is True, report
+        # Measured from the WAL replayed past the backup (fetched by the installed `pgsafe wal-fetch`).
+        assert report["restored_point"] and "no transaction replayed" not in report["restored_point_source"], report
+        assert 0 < report["recovery_time_seconds"] < 14400 and 0 <= report["data_loss_seconds"] < 3600, report
+    for host in HOSTS:  # the scratch clusters are stopped and gone
+        scratch = os.path.join(fleet["work"], "dr-physical", host)
+        assert not [name for name in os.listdir(scratch) if name.endswith("-pgdata")], os.listdir(scratch)
