@@ -278,6 +278,9 @@ def test_fleet_backup_verify_audit_review(fleet):
     for host in HOSTS:
         host_report = json.load(open(os.path.join(run_dir, host + ".json")))
         assert host_report["ok"] is True and host_report["cluster"] == host
+        # The checklist's "errors in logs" (the install's `pgsafe check` runs passed) and "retention applied".
+        assert host_report["failed_runs"] == [], host_report
+        assert host_report["retention"] == {"checked": True, "would_delete": []}, host_report
         # The verification is recorded beside the backup, where the audit reads it.
         assert catalog(fleet, host)[-1]["verification"]["ok"] is True
 
@@ -420,3 +423,16 @@ def test_fleet_backup_verify_audit_review(fleet):
     for host in HOSTS:  # the scratch clusters are stopped and gone
         scratch = os.path.join(fleet["work"], "dr-physical", host)
         assert not [name for name in os.listdir(scratch) if name.endswith("-pgdata")], os.listdir(scratch)
+
+    # --- a run that failed overnight: the daily check lists it and the host needs attention --
+    failed = run_as("postgres", "%s restore --backup-id 20000101T000000Z-logical"
+                    % fleet["hosts"]["db1"]["pgsafe_install_launcher_link"])
+    assert failed.returncode != 0, failed.stdout
+    morning = play(fleet, "verify_daily.yml", expect_rc=2)
+    assert morning["recap"]["db1"]["failed"] == 1 and morning["recap"]["db3"]["failed"] == 0, morning["output"]
+    latest = sorted(os.listdir(os.path.join(fleet["reports"], "verify")))[-1]
+    run_report = json.load(open(os.path.join(fleet["reports"], "verify", latest, "run.json")))
+    assert run_report["ok"] == ["db3"] and run_report["problems"] == ["db1", STALE_HOST], run_report
+    db1 = json.load(open(os.path.join(fleet["reports"], "verify", latest, "db1.json")))
+    assert [os.path.basename(path).split("-")[0] for path in db1["failed_runs"]] == ["restore"], db1
+    assert "runs that failed in the last 25 h" in morning["output"]
