@@ -469,7 +469,8 @@ def add_check_parser(commands) -> None:
                                 "permissions, WAL archiving; cause and fix for each failure")
     check.add_argument("--only", action="append", metavar="GROUP",
                        help="run only this group (repeatable): postgres, repository, encryption, free_space, "
-                       "permissions, wal")
+                       "permissions, wal; and runs (not run by default): runs of the last --runs-hours that "
+                       "failed, were killed or exited non-zero, from the run logs")
     check.add_argument("--min-free-mb", type=float, default=1024.0,
                        help="free space needed where pgsafe writes (default 1024; a repository also needs room "
                        "for its largest backup)")
@@ -477,6 +478,8 @@ def add_check_parser(commands) -> None:
                        help="oldest WAL segment allowed to wait for archiving (default 300, the RPO alert's)")
     check.add_argument("--max-clock-skew", type=float, default=60.0, metavar="SECONDS",
                        help="clock difference allowed against a repository (default 60)")
+    check.add_argument("--runs-hours", type=float, default=25.0, metavar="HOURS",
+                       help="how far back --only runs reads the run logs (default 25)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -485,7 +488,7 @@ def check_command(args, settings: dict) -> int:
 
     report = run_checks(settings, config_path=args.config, only=args.only, min_free_mb=args.min_free_mb,
                         max_wal_archive_age_seconds=args.max_wal_archive_age,
-                        max_clock_skew_seconds=args.max_clock_skew)
+                        max_clock_skew_seconds=args.max_clock_skew, runs_hours=args.runs_hours)
     _print(report, args.json, format_report(report))
     return 0 if report["ok"] else 1
 

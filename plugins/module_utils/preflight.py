@@ -53,6 +53,10 @@ LOG = logging.getLogger("pgsafe")
 ERROR = "error"
 WARNING = "warning"
 CHECK_GROUPS = ("postgres", "repository", "encryption", "free_space", "permissions", "wal")
+# Run only when asked for: a failed run stays failed for a day, which is the daily check's
+# business, not a reason for every preflight of that day to fail.
+OPTIONAL_GROUPS = ("runs",)
+DEFAULT_RUNS_HOURS = 25.0
 DEFAULT_MIN_FREE_MB = 1024
 DEFAULT_MAX_WAL_ARCHIVE_AGE_SECONDS = 300.0  # the alert rules' default RPO
 DEFAULT_MAX_CLOCK_SKEW_SECONDS = 60.0
@@ -95,8 +99,12 @@ def from_error(name: str, severity: str, exc: PgsafeError, detail: str = "", fix
 def run_checks(settings: dict, config_path: str | None = None, only: list | tuple | None = None,
                wal_archiving: bool | None = None, min_free_mb: float = DEFAULT_MIN_FREE_MB,
                max_wal_archive_age_seconds: float = DEFAULT_MAX_WAL_ARCHIVE_AGE_SECONDS,
-               max_clock_skew_seconds: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS) -> dict:
+               max_clock_skew_seconds: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+               runs_hours: float = DEFAULT_RUNS_HOURS) -> dict:
     """Run the checks and return ``{ok, checks, failed, errors, warnings, summary, ...}``.
+
+    ``only`` may also name the optional group ``runs`` (recent runs from the run logs); with it the
+    report holds ``problem_runs``.
 
     ``wal_archiving`` None means "configured when the settings have a ``wal`` section".
     ``ok`` is True only when every check passed (warnings included).
@@ -106,10 +114,10 @@ def run_checks(settings: dict, config_path: str | None = None, only: list | tupl
     started = time.monotonic()
     settings = dict(settings or {})
     groups = set(only or CHECK_GROUPS)
-    unknown = sorted(groups - set(CHECK_GROUPS))
+    unknown = sorted(groups - set(CHECK_GROUPS + OPTIONAL_GROUPS))
     if unknown:
         raise ConfigError("unknown check group(s) %s" % ", ".join(unknown), where="checks",
-                          fix="choose from %s" % ", ".join(CHECK_GROUPS))
+                          fix="choose from %s" % ", ".join(CHECK_GROUPS + OPTIONAL_GROUPS))
     cluster = check_cluster_name(str(settings.get("cluster") or "main"))
     wal_configured = bool(settings.get("wal")) if wal_archiving is None else bool(wal_archiving)
     results: list[CheckResult] = []
@@ -141,6 +149,11 @@ def run_checks(settings: dict, config_path: str | None = None, only: list | tupl
         for result in _guarded("permissions", check_permissions, settings, cluster, repositories, config_path):
             add(result)
 
+    found_runs: dict = {}
+    if "runs" in groups:
+        for result in _guarded("runs", check_recent_runs, settings, runs_hours, found_runs):
+            add(result)
+
     failures = [result for result in results if not result.ok]
     errors = sum(1 for result in failures if result.severity == ERROR)
     warnings = len(failures) - errors
@@ -149,9 +162,12 @@ def run_checks(settings: dict, config_path: str | None = None, only: list | tupl
             len(failures), len(results), errors, warnings, ", ".join(result.name for result in failures))
     else:
         summary = "all %d checks passed" % len(results)
-    return {"ok": not failures, "cluster": cluster, "checks": [result.to_dict() for result in results],
-            "failed": [result.name for result in failures], "errors": errors, "warnings": warnings,
-            "summary": summary, "duration_seconds": round(time.monotonic() - started, 3)}
+    report = {"ok": not failures, "cluster": cluster, "checks": [result.to_dict() for result in results],
+              "failed": [result.name for result in failures], "errors": errors, "warnings": warnings,
+              "summary": summary, "duration_seconds": round(time.monotonic() - started, 3)}
+    if "runs" in groups:
+        report["problem_runs"] = found_runs.get("problems", [])
+    return report
 
 
 def format_report(report: dict) -> str:
@@ -765,3 +781,28 @@ def check_permissions(settings: dict, cluster: str, repositories, config_path: s
     return failed(name, ERROR, detail, "; ".join(problems) + ". Keys and settings readable by others leak the "
                   "backups' secrets; a path pgsafe's user does not own fails the first scheduled run",
                   "; ".join(fixes) + " (the pgsafe.backup.install role sets these)")
+
+
+# --------------------------------------------------------------------------- recent runs
+
+def check_recent_runs(settings: dict, hours: float, found: dict) -> list[CheckResult]:
+    """The seeds' "check the logs for errors": runs of the last ``hours`` that did not complete."""
+    from ansible_collections.pgsafe.backup.plugins.module_utils.run_history import (
+        describe, problem_runs, recent_runs)
+    from ansible_collections.pgsafe.backup.plugins.module_utils.runlog import log_dir_for
+
+    directory = log_dir_for(settings)
+    runs = recent_runs(directory, hours)
+    problems = problem_runs(runs)
+    found["problems"] = problems
+    if not problems:
+        return [passed("runs", ERROR, "%d run(s) logged in the last %g h in %s, none failed, was killed or "
+                                      "exited non-zero" % (len(runs), hours, directory))]
+    shown = "; ".join(describe(run) for run in problems[:5])
+    if len(problems) > 5:
+        shown += "; and %d more" % (len(problems) - 5)
+    return [failed("runs", ERROR, "%d of %d run(s) in the last %g h in %s did not complete" % (
+        len(problems), len(runs), hours, directory), shown,
+        "read each log named (in %s): its last lines say what failed and how to fix it; a run killed without a "
+        "closing line was stopped by a signal, the OOM killer or a reboot (journalctl -k | grep -i oom; uptime); "
+        "run the operation again once the cause is fixed" % directory)]

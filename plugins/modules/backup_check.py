@@ -28,12 +28,24 @@ description:
   - V(wal) group - with O(wal_archiving=true), C(archive_command) runs C(pgsafe wal-push %p), the WAL shipper runs,
     and C(pg_stat_archiver) shows no failure newer than the last success and no segment waiting longer than
     O(max_wal_archive_age_seconds).
+  - V(runs) group, only when named in O(checks) - the run logs in O(log_dir) of the last O(runs_hours) hours, the
+    runbooks' "check the logs for errors" - a run of the C(pgsafe) command that failed, was interrupted, exited
+    non-zero, or was killed (its log stops without a closing line and its process is gone) fails the check and
+    is returned in RV(problem_runs).
 options:
   checks:
-    description: The groups of checks to run. Unset runs all of them.
+    description: The groups of checks to run. Unset runs all of them except V(runs).
     type: list
     elements: str
-    choices: [postgres, repository, encryption, free_space, permissions, wal]
+    choices: [postgres, repository, encryption, free_space, permissions, wal, runs]
+  log_dir:
+    description: Directory of the host's C(pgsafe) run logs (C(log_dir) of its settings) for the V(runs) group.
+      Unset, C(<state_dir>/log), the command's own default.
+    type: path
+  runs_hours:
+    description: How far back the V(runs) group reads the run logs, in hours.
+    type: float
+    default: 25
   copies:
     description:
       - Further repositories to probe besides O(repository) (the copies that C(pgsafe sync) keeps), with the same
@@ -185,6 +197,33 @@ warning_count:
   description: How many checks of severity V(warning) failed (C(warnings) is Ansible's own key).
   returned: when the checks ran
   type: int
+problem_runs:
+  description: With the V(runs) group, the runs that need a look, oldest first.
+  returned: when the runs group ran
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The run's log file.
+      type: str
+    command:
+      description: The pgsafe command (V(backup), V(verify), V(restore), ...).
+      type: str
+    started_at:
+      description: When the run started (UTC, from the log's name).
+      type: str
+    outcome:
+      description: V(failed), V(interrupted), V(exited non-zero) or V(killed).
+      type: str
+    exit_code:
+      description: The exit code when the log says it.
+      type: int
+    message:
+      description: The error the log ends with, or why the run counts as killed.
+      type: str
+  sample: [{"path": "/var/log/pgsafe/backup-20261202T010003.118271Z-4242.log", "command": "backup",
+            "started_at": "2026-12-02T01:00:03Z", "outcome": "killed", "exit_code": null,
+            "message": "the log stops without a closing line and process 4242 is gone ..."}]
 duration_seconds:
   description: Wall time of the checks.
   returned: when the checks ran
@@ -200,13 +239,16 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgsafe.backup.plugins.module_utils.errors import PgsafeError
 from ansible_collections.pgsafe.backup.plugins.module_utils.module_args import (
     module_argument_spec, settings_from_params)
-from ansible_collections.pgsafe.backup.plugins.module_utils.preflight import CHECK_GROUPS, run_checks
+from ansible_collections.pgsafe.backup.plugins.module_utils.preflight import (
+    CHECK_GROUPS, OPTIONAL_GROUPS, run_checks)
 
 
 def main():
     argument_spec = module_argument_spec(
         with_postgres=True, with_copies=True,
-        checks={"type": "list", "elements": "str", "choices": list(CHECK_GROUPS)},
+        checks={"type": "list", "elements": "str", "choices": list(CHECK_GROUPS + OPTIONAL_GROUPS)},
+        log_dir={"type": "path"},
+        runs_hours={"type": "float", "default": 25.0},
         wal_archiving={"type": "bool", "default": False},
         min_free_mb={"type": "float", "default": 1024.0},
         max_wal_archive_age_seconds={"type": "float", "default": 300.0},
@@ -216,17 +258,21 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     settings = settings_from_params(params)
+    if params["log_dir"]:
+        settings["log_dir"] = params["log_dir"]
     try:
         report = run_checks(settings, only=params["checks"], wal_archiving=params["wal_archiving"],
                             min_free_mb=params["min_free_mb"],
                             max_wal_archive_age_seconds=params["max_wal_archive_age_seconds"],
-                            max_clock_skew_seconds=params["max_clock_skew_seconds"])
+                            max_clock_skew_seconds=params["max_clock_skew_seconds"], runs_hours=params["runs_hours"])
     except PgsafeError as exc:
         module.fail_json(msg=exc.message, error=exc.to_dict(), ok=False)
     result = {"changed": False, "ok": report["ok"], "summary": report["summary"], "checks": report["checks"],
               "failed_checks": report["failed"], "error_count": report["errors"],
               "warning_count": report["warnings"],
               "duration_seconds": report["duration_seconds"]}
+    if "problem_runs" in report:
+        result["problem_runs"] = report["problem_runs"]
     if params["fail_on_error"] and report["errors"]:
         module.fail_json(msg=report["summary"], **result)
     module.exit_json(**result)

@@ -229,6 +229,11 @@ def test_backup_killed_mid_upload(tmp_path, pg_cluster, big_database, key_file):
         [(kept, "complete")]
     leftovers = context.repository.abandoned_uploads(0)
     assert len(leftovers) == 1 and ".tmp-big.dump" in leftovers[0]  # removed by prune after the grace period
+    # The morning check names the run: its log stops without a closing line and its process is gone.
+    runs = pgsafe(config, "check", "--only", "runs", "--json")
+    assert runs.returncode == 1, describe(runs)
+    problems = json.loads(runs.stdout)["problem_runs"]
+    assert [(run["command"], run["outcome"]) for run in problems] == [("backup", "killed")], problems
     assert_still_verifies(context, kept)
     # A killed process records nothing: the last success does not move, so the age alert fires.
     assert backup_metrics(settings) == before

@@ -434,5 +434,6 @@ def test_fleet_backup_verify_audit_review(fleet):
     run_report = json.load(open(os.path.join(fleet["reports"], "verify", latest, "run.json")))
     assert run_report["ok"] == ["db3"] and run_report["problems"] == ["db1", STALE_HOST], run_report
     db1 = json.load(open(os.path.join(fleet["reports"], "verify", latest, "db1.json")))
-    assert [os.path.basename(path).split("-")[0] for path in db1["failed_runs"]] == ["restore"], db1
-    assert "runs that failed in the last 25 h" in morning["output"]
+    assert [(run["command"], run["outcome"]) for run in db1["failed_runs"]] == [("restore", "failed")], db1
+    assert "20000101T000000Z-logical" in db1["failed_runs"][0]["message"], db1
+    assert "runs that did not complete in the last 25 h: restore failed" in morning["output"]
