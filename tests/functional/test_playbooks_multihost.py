@@ -141,7 +141,7 @@ def fleet():
         with open(inventory_path, "w") as handle:
             handle.write(yaml.safe_dump(inventory))
         yield {"work": work, "inventory": inventory_path, "repository": repository, "clusters": clusters,
-               "reports": os.path.join(work, "reports"), "hosts": hosts}
+               "reports": os.path.join(work, "reports"), "hosts": hosts, "wheelhouse": wheels}
     finally:
         for cluster in clusters.values():
             cluster.destroy()
@@ -234,7 +234,7 @@ def test_fleet_backup_verify_audit_review(fleet):
     installed = play(fleet, "install.yml")
     assert sorted(installed["recap"]) == list(HOSTS)  # the monitoring play matched no host
     assert all(installed["recap"][host]["changed"] > 0 for host in HOSTS), installed["output"]
-    wheels = sorted(name for name in os.listdir(wheelhouse()))
+    wheels = sorted(os.listdir(fleet["wheelhouse"]))
     for host in HOSTS:
         settings = fleet["hosts"][host]
         venv = settings["pgsafe_install_venv"]
